@@ -122,22 +122,49 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--pushgateway", metavar="URL", help=f"Pushgateway URL, http:// or https:// [env PUSHGATEWAY_URL, default {DEFAULT_PUSHGATEWAY}]")
-    add("--interval", metavar="SECONDS", help=f"push interval, fractions allowed [env PUSH_INTERVAL, default {DEFAULT_INTERVAL:g}]")
+    add(
+        "--pushgateway",
+        metavar="URL",
+        help=f"Pushgateway URL, http:// or https:// [env PUSHGATEWAY_URL, default {DEFAULT_PUSHGATEWAY}]",
+    )
+    add(
+        "--interval",
+        metavar="SECONDS",
+        help=f"push interval, fractions allowed [env PUSH_INTERVAL, default {DEFAULT_INTERVAL:g}]",
+    )
     add("--job", metavar="NAME", help=f"job label of the device's group [env DEVICE_JOB, default {DEFAULT_JOB}]")
     add("--top-n", metavar="N", help=f"number of top apps by CPU to report [env TOP_N, default {DEFAULT_TOP_N}]")
     add("--device-serial", metavar="SERIAL", help="override the detected hardware serial [env DEVICE_SERIAL]")
-    add("--timeout", metavar="SECONDS", help="push timeout, shorter than the interval [env PUSH_TIMEOUT, default min(0.8 x interval, 10)]")
+    add(
+        "--timeout",
+        metavar="SECONDS",
+        help="push timeout, shorter than the interval [env PUSH_TIMEOUT, default min(0.8 x interval, 10)]",
+    )
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [env LOG_LEVEL, default INFO]")
     add("--username", metavar="USER", help="basic auth user [env PUSHGATEWAY_USERNAME]")
-    add("--password-file", metavar="FILE", help="file holding the basic auth password [env PUSHGATEWAY_PASSWORD_FILE; or PUSHGATEWAY_PASSWORD]")
+    add(
+        "--password-file",
+        metavar="FILE",
+        help="file holding the basic auth password [env PUSHGATEWAY_PASSWORD_FILE; or PUSHGATEWAY_PASSWORD]",
+    )
     add("--ca-file", metavar="FILE", help="CA bundle to verify an https:// gateway [env PUSHGATEWAY_CA_FILE]")
     add("--client-cert", metavar="FILE", help="client certificate for mutual TLS [env PUSHGATEWAY_CLIENT_CERT]")
     add("--client-key", metavar="FILE", help="client certificate key [env PUSHGATEWAY_CLIENT_KEY]")
-    add("--state-dir", metavar="DIR", help=f"where a generated device id is kept [env STATE_DIRECTORY, default {SYSTEM_STATE_DIR} or ~/.local/state/push-monitor]")
+    add(
+        "--state-dir",
+        metavar="DIR",
+        help=f"where a generated device id is kept [env STATE_DIRECTORY, "
+        f"default {SYSTEM_STATE_DIR} or ~/.local/state/push-monitor]",
+    )
     add("--once", action="store_true", help="collect and push once; exit 0 on success, 1 on failure")
-    add("--print", dest="print_only", action="store_true", help="write the exposition text to stdout instead of pushing")
-    add("--print-serial", action="store_true", help='print {"device_serial": ..., "source": ...} as JSON and exit (needs only the standard library)')
+    add(
+        "--print", dest="print_only", action="store_true", help="write the exposition text to stdout instead of pushing"
+    )
+    add(
+        "--print-serial",
+        action="store_true",
+        help='print {"device_serial": ..., "source": ...} as JSON and exit (needs only the standard library)',
+    )
     add("--delete-on-exit", action="store_true", help="delete the device's group from the gateway on SIGTERM/SIGINT")
     add("--version", action="version", version=f"{PROG} {__version__}")
     return parser
@@ -185,7 +212,9 @@ def validate_url(raw: str, source: str) -> str:
     if not parts.hostname or (port is None and parts.netloc.endswith(":")):
         raise ConfigError(f"{source}={raw!r}: no host name")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"{source}={raw!r}: give only scheme, host, port and path (credentials go in --username / --password-file)")
+        raise ConfigError(
+            f"{source}={raw!r}: give only scheme, host, port and path (credentials go in --username / --password-file)"
+        )
     return url
 
 
@@ -224,7 +253,11 @@ def _credentials(args: argparse.Namespace, env: Dict[str, str]) -> Tuple[Optiona
 
 def _tls_files(args: argparse.Namespace, env: Dict[str, str], url: str) -> Dict[str, Optional[str]]:
     files: Dict[str, Optional[str]] = {}
-    for attr, env_name in (("ca_file", "PUSHGATEWAY_CA_FILE"), ("client_cert", "PUSHGATEWAY_CLIENT_CERT"), ("client_key", "PUSHGATEWAY_CLIENT_KEY")):
+    for attr, env_name in (
+        ("ca_file", "PUSHGATEWAY_CA_FILE"),
+        ("client_cert", "PUSHGATEWAY_CLIENT_CERT"),
+        ("client_key", "PUSHGATEWAY_CLIENT_KEY"),
+    ):
         raw, source = _pick(getattr(args, attr), env, env_name)
         files[attr] = _readable_file(raw, source) if raw else None
     if any(files.values()) and not url.startswith("https://"):
@@ -314,7 +347,9 @@ def serial_from_dmi(root: str = "/sys/class/dmi/id") -> Optional[Tuple[str, str]
     return None
 
 
-def serial_from_device_tree(roots: Sequence[str] = ("/proc/device-tree", "/sys/firmware/devicetree/base"), cpuinfo: str = "/proc/cpuinfo") -> Optional[Tuple[str, str]]:
+def serial_from_device_tree(
+    roots: Sequence[str] = ("/proc/device-tree", "/sys/firmware/devicetree/base"), cpuinfo: str = "/proc/cpuinfo"
+) -> Optional[Tuple[str, str]]:
     for root in roots:
         value = _read_text(os.path.join(root, "serial-number"))
         if value and not is_placeholder_serial(value):
@@ -356,7 +391,9 @@ def serial_from_windows(run: Callable[[Sequence[str]], str] = _run_quietly) -> O
     return None
 
 
-def serial_from_machine_id(paths: Sequence[str] = ("/etc/machine-id", "/var/lib/dbus/machine-id")) -> Optional[Tuple[str, str]]:
+def serial_from_machine_id(
+    paths: Sequence[str] = ("/etc/machine-id", "/var/lib/dbus/machine-id"),
+) -> Optional[Tuple[str, str]]:
     for path in paths:
         machine_id = (_read_text(path) or "").lower()
         if re.fullmatch(r"[0-9a-f]{32}", machine_id) and not is_placeholder_serial(machine_id):
@@ -389,12 +426,18 @@ def serial_from_state_file(state_dir: str) -> Tuple[str, str]:
     return generated, f"new state file {path}"
 
 
-def resolve_device_serial(override: Optional[str], state_dir: Optional[str], platform: str = sys.platform) -> Tuple[str, str]:
+def resolve_device_serial(
+    override: Optional[str], state_dir: Optional[str], platform: str = sys.platform
+) -> Tuple[str, str]:
     """Returns (serial, source), trying the most durable identity first."""
     if override is not None:
         return override, "override"
     if platform.startswith("linux"):
-        sources: List[Callable[[], Optional[Tuple[str, str]]]] = [serial_from_dmi, serial_from_device_tree, serial_from_machine_id]
+        sources: List[Callable[[], Optional[Tuple[str, str]]]] = [
+            serial_from_dmi,
+            serial_from_device_tree,
+            serial_from_machine_id,
+        ]
     elif platform == "darwin":
         sources = [serial_from_macos]
     elif platform.startswith("win"):
@@ -482,7 +525,9 @@ class LinuxProcessScanner:
         start = fields[19].decode()
         name = self._full_name(pid, comm, start, full_names)
         cpu_ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        return ProcessSample((pid, float(start)), name, cpu_ticks / self.ticks_per_second, int(fields[21]) * self.page_size)
+        return ProcessSample(
+            (pid, float(start)), name, cpu_ticks / self.ticks_per_second, int(fields[21]) * self.page_size
+        )
 
     def _full_name(self, pid: int, comm: str, start: str, full_names: Dict[Tuple[int, str, str], str]) -> str:
         # The kernel cuts comm at 15 bytes; like psutil, take the full name from argv[0] then.
@@ -514,11 +559,20 @@ class PsutilProcessScanner:
             if info["cpu_times"] is None or info["memory_info"] is None:
                 continue  # access denied: nothing to report
             cpu = info["cpu_times"].user + info["cpu_times"].system
-            samples.append(ProcessSample((process.pid, info["create_time"] or 0.0), info["name"] or "?", cpu, info["memory_info"].rss))
+            samples.append(
+                ProcessSample(
+                    (process.pid, info["create_time"] or 0.0), info["name"] or "?", cpu, info["memory_info"].rss
+                )
+            )
         return samples
 
 
-def top_apps(previous: Optional[Dict[Tuple[int, float], ProcessSample]], current: Iterable[ProcessSample], elapsed: float, top_n: int) -> List[AppUsage]:
+def top_apps(
+    previous: Optional[Dict[Tuple[int, float], ProcessSample]],
+    current: Iterable[ProcessSample],
+    elapsed: float,
+    top_n: int,
+) -> List[AppUsage]:
     """Sums processes by name and ranks by CPU over the last interval, then by memory.
 
     A process absent from the previous scan started during the interval, so all of its CPU time
@@ -545,7 +599,11 @@ class Sampler:
     def __init__(self, top_n: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.top_n = top_n
         self.clock = clock
-        self.scanner = LinuxProcessScanner() if sys.platform.startswith("linux") and os.path.isdir("/proc/self") else PsutilProcessScanner()
+        self.scanner = (
+            LinuxProcessScanner()
+            if sys.platform.startswith("linux") and os.path.isdir("/proc/self")
+            else PsutilProcessScanner()
+        )
         self._previous: Optional[Dict[Tuple[int, float], ProcessSample]] = None
         self._previous_time = 0.0
         self.boot_time = psutil.boot_time()  # fixed for the life of the process
@@ -592,7 +650,7 @@ class DeviceCollector:
         self.snapshot: Optional[Snapshot] = None
         self.push_failures = 0
 
-    def _gauge(self, name: str, documentation: str, value: float) -> "GaugeMetricFamily":
+    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, documentation, labels=["device_serial", "hostname"])
         family.add_metric(self.identity, value)
         return family
@@ -604,17 +662,27 @@ class DeviceCollector:
         info = GaugeMetricFamily("push_monitor_info", "Agent version.", labels=["device_serial", "hostname", "version"])
         info.add_metric(self.identity + [__version__], 1)
         yield info
-        failures = CounterMetricFamily("push_monitor_push_failures", "Pushes that failed since the agent started.", labels=["device_serial", "hostname"])
+        failures = CounterMetricFamily(
+            "push_monitor_push_failures",
+            "Pushes that failed since the agent started.",
+            labels=["device_serial", "hostname"],
+        )
         failures.add_metric(self.identity, self.push_failures)
         yield failures
         if snap is None:
             return
-        yield gauge("push_monitor_collection_duration_seconds", "Time the last collection took.", snap.collection_seconds)
+        yield gauge(
+            "push_monitor_collection_duration_seconds", "Time the last collection took.", snap.collection_seconds
+        )
         yield gauge("total_cpu_usage_percent", "CPU usage over all cores since the last push, 0-100.", snap.cpu_percent)
         yield gauge("total_memory_usage_percent", "Memory in use, percent of total.", snap.memory.percent)
         yield gauge("memory_total_bytes", "Total physical memory.", snap.memory.total)
-        yield gauge("memory_available_bytes", "Memory available to new processes without swapping.", snap.memory.available)
-        yield gauge("memory_used_bytes", "Memory in use (total - available).", snap.memory.total - snap.memory.available)
+        yield gauge(
+            "memory_available_bytes", "Memory available to new processes without swapping.", snap.memory.available
+        )
+        yield gauge(
+            "memory_used_bytes", "Memory in use (total - available).", snap.memory.total - snap.memory.available
+        )
         yield gauge("swap_total_bytes", "Total swap space.", snap.swap.total)
         yield gauge("swap_used_bytes", "Swap space in use.", snap.swap.used)
         for minutes, value in zip((1, 5, 15), snap.load_average):
@@ -626,8 +694,14 @@ class DeviceCollector:
 
     def _app_families(self, apps: List[AppUsage]) -> Iterator[object]:
         labels = ["device_serial", "hostname", "app"]
-        cpu = GaugeMetricFamily("app_cpu_usage_percent", "CPU of the top apps by CPU, processes of one name summed; percent of one core.", labels=labels)
-        memory = GaugeMetricFamily("app_memory_usage_mb", "Resident memory of the top apps by CPU in MiB.", labels=labels)
+        cpu = GaugeMetricFamily(
+            "app_cpu_usage_percent",
+            "CPU of the top apps by CPU, processes of one name summed; percent of one core.",
+            labels=labels,
+        )
+        memory = GaugeMetricFamily(
+            "app_memory_usage_mb", "Resident memory of the top apps by CPU in MiB.", labels=labels
+        )
         for app in apps:
             cpu.add_metric(self.identity + [label_safe(app.name)], app.cpu_percent)
             memory.add_metric(self.identity + [label_safe(app.name)], round(app.memory_bytes / 1048576, 3))
@@ -693,7 +767,9 @@ class PushgatewayClient:
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
             if self.https:
-                self._connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
+                self._connection = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.ssl_context
+                )
             else:
                 self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._connection
@@ -744,15 +820,26 @@ class PushgatewayClient:
 
 
 def require_dependencies() -> None:
-    missing = [name for name, module in (("psutil", psutil), ("prometheus_client", CollectorRegistry)) if module is None]
+    missing = [
+        name for name, module in (("psutil", psutil), ("prometheus_client", CollectorRegistry)) if module is None
+    ]
     if missing:
-        raise ConfigError(f"missing Python package(s): {', '.join(missing)} (pip install -r files/requirements.txt, or apt install python3-psutil python3-prometheus-client)")
+        raise ConfigError(
+            f"missing Python package(s): {', '.join(missing)} (pip install -r files/requirements.txt, "
+            "or apt install python3-psutil python3-prometheus-client)"
+        )
 
 
 class Agent:
     """The collect-and-push loop on a fixed monotonic schedule."""
 
-    def __init__(self, config: Config, device_serial: str, hostname: Optional[str] = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        device_serial: str,
+        hostname: Optional[str] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.sampler = Sampler(config.top_n, clock)
@@ -779,7 +866,12 @@ class Agent:
             self._note_failure(err)
             return False
         if self._outage_kind is not None:
-            log.info("push to %s recovered after %d failed attempt(s) over %.1f s", self.config.pushgateway_url, self._failed_attempts, self.clock() - self._outage_started)
+            log.info(
+                "push to %s recovered after %d failed attempt(s) over %.1f s",
+                self.config.pushgateway_url,
+                self._failed_attempts,
+                self.clock() - self._outage_started,
+            )
         self._outage_kind = None
         self._failed_attempts = 0
         return True
@@ -788,7 +880,11 @@ class Agent:
         if self._outage_kind is None:
             self._outage_started = self.clock()
         if err.kind != self._outage_kind:
-            log.error("push to %s failed: %s; retrying with backoff, next message on recovery or a different error", self.config.pushgateway_url, err)
+            log.error(
+                "push to %s failed: %s; retrying with backoff, next message on recovery or a different error",
+                self.config.pushgateway_url,
+                err,
+            )
         else:
             log.debug("push failed again: %s", err)
         self._outage_kind = err.kind
@@ -873,7 +969,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as err:
         sys.stderr.write(f"{PROG}: error: cannot keep a device id in the state directory: {err}\n")
         return 2
-    log.info("device_serial %r from %s; job %r; pushing to %s every %g s", serial, source, config.job, config.pushgateway_url, config.interval)
+    log.info(
+        "device_serial %r from %s; job %r; pushing to %s every %g s",
+        serial,
+        source,
+        config.job,
+        config.pushgateway_url,
+        config.interval,
+    )
     agent = Agent(config, serial)
     install_signal_handlers(agent)
     try:
