@@ -1,0 +1,338 @@
+"""Unit tests of the agent's pure parts: identity, top-N, CPU deltas, arguments, grouping paths."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import AGENT
+
+import push_monitor as pm
+
+# ---------------------------------------------------------------------------- identity
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "To Be Filled By O.E.M.", "to be filled by o.e.m.", "Default string", "System Serial Number", "0", "00000000",
+        "0000-0000-0000", "", "   ", "\x00\x00", "Not Specified", "N/A", "None", "FFFFFFFF", "xxxxxxxx", "123456789",
+    ],
+)  # fmt: skip
+def test_placeholder_serials_are_rejected(value: str) -> None:
+    assert pm.is_placeholder_serial(value)
+
+
+@pytest.mark.parametrize("value", ["C02XL0GSJGH5", "00000000a1b2c3d4", "PF2ABCDE", "VMware-56 4d 1a", "0x1234"])
+def test_real_serials_are_accepted(value: str) -> None:
+    assert not pm.is_placeholder_serial(value)
+
+
+def test_dmi_skips_placeholder_product_serial_and_uses_board(tmp_path: Path) -> None:
+    (tmp_path / "product_serial").write_text("To Be Filled By O.E.M.\n")
+    (tmp_path / "board_serial").write_text("MB-4711\n")
+    assert pm.serial_from_dmi(str(tmp_path)) == ("MB-4711", "dmi board_serial")
+
+
+def test_dmi_prefers_product_serial(tmp_path: Path) -> None:
+    (tmp_path / "product_serial").write_text("SYS-1\n")
+    (tmp_path / "board_serial").write_text("MB-4711\n")
+    assert pm.serial_from_dmi(str(tmp_path)) == ("SYS-1", "dmi product_serial")
+
+
+def test_dmi_missing_gives_nothing(tmp_path: Path) -> None:
+    assert pm.serial_from_dmi(str(tmp_path)) is None
+
+
+def test_device_tree_serial_is_nul_terminated(tmp_path: Path) -> None:
+    (tmp_path / "serial-number").write_bytes(b"10000000abcdef01\x00")
+    found = pm.serial_from_device_tree([str(tmp_path)], cpuinfo=str(tmp_path / "none"))
+    assert found == ("10000000abcdef01", "device-tree serial-number")
+
+
+def test_raspberry_pi_cpuinfo_serial(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nHardware\t: BCM2835\nRevision\t: c03111\nSerial\t\t: 10000000deadbeef\nModel\t: Pi 4\n")
+    assert pm.serial_from_device_tree([str(tmp_path / "no-dt")], cpuinfo=str(cpuinfo)) == ("10000000deadbeef", "cpuinfo Serial")
+
+
+def test_raspberry_pi_zero_serial_is_rejected(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("Serial\t\t: 0000000000000000\n")
+    assert pm.serial_from_device_tree([str(tmp_path / "no-dt")], cpuinfo=str(cpuinfo)) is None
+
+
+def test_macos_ioreg_output_is_parsed() -> None:
+    output = '+-o J314sAP  <class IOPlatformExpertDevice>\n    "IOPlatformSerialNumber" = "C02ZK1ABMD6M"\n'
+    assert pm.serial_from_macos(lambda _cmd: output) == ("C02ZK1ABMD6M", "macOS IOPlatformSerialNumber")
+    assert pm.serial_from_macos(lambda _cmd: '"IOPlatformSerialNumber" = "0"') is None
+
+
+def test_windows_bios_serial_falls_back_to_wmic() -> None:
+    def run(command):
+        return "" if command[0] == "powershell" else "SerialNumber  \r\nPF1X2Y3Z  \r\n"
+
+    assert pm.serial_from_windows(run) == ("PF1X2Y3Z", "Windows BIOS serial")
+    assert pm.serial_from_windows(lambda _cmd: "System Serial Number\n") is None
+
+
+def test_machine_id_is_hashed_never_raw(tmp_path: Path) -> None:
+    machine_id = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "machine-id").write_text(machine_id + "\n")
+    serial, source = pm.serial_from_machine_id([str(tmp_path / "machine-id")])
+    assert serial.startswith("mid-") and len(serial) == 36
+    assert machine_id not in serial and machine_id[:8] not in serial
+    assert pm.serial_from_machine_id([str(tmp_path / "machine-id")])[0] == serial  # stable
+    (tmp_path / "other").write_text("fedcba9876543210fedcba9876543210\n")
+    assert pm.serial_from_machine_id([str(tmp_path / "other")])[0] != serial
+    assert "machine-id" in source
+
+
+def test_machine_id_that_is_not_an_id_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "machine-id").write_text("uninitialized\n")
+    (tmp_path / "zeros").write_text("0" * 32)
+    assert pm.serial_from_machine_id([str(tmp_path / "machine-id"), str(tmp_path / "zeros")]) is None
+
+
+def test_state_file_uuid_is_created_once_and_kept(tmp_path: Path) -> None:
+    first, source = pm.serial_from_state_file(str(tmp_path / "state"))
+    assert source.startswith("new state file")
+    second, source = pm.serial_from_state_file(str(tmp_path / "state"))
+    assert second == first and source.startswith("state file")
+    assert (tmp_path / "state" / "device-serial").read_text().strip() == first
+
+
+def test_override_wins_over_everything(tmp_path: Path) -> None:
+    assert pm.resolve_device_serial("my override", str(tmp_path)) == ("my override", "override")
+
+
+def test_unknown_platform_without_machine_id_uses_state_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pm, "serial_from_machine_id", lambda: None)
+    serial, source = pm.resolve_device_serial(None, str(tmp_path), platform="sunos5")
+    assert source.startswith("new state file") and len(serial) == 36
+
+
+def test_print_serial_needs_only_the_standard_library(tmp_path: Path) -> None:
+    # Hide psutil and prometheus_client: the role resolves the serial before installing them.
+    code = (
+        "import sys, runpy; sys.modules['psutil'] = None; sys.modules['prometheus_client'] = None;"
+        f"sys.argv = ['push_monitor.py', '--print-serial', '--state-dir', {str(tmp_path)!r}];"
+        f"runpy.run_path({str(AGENT)!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    reported = json.loads(result.stdout)
+    assert reported["device_serial"] == pm.resolve_device_serial(None, str(tmp_path))[0]
+    assert reported["source"]
+
+
+def test_missing_dependencies_are_one_clear_error() -> None:
+    code = (
+        "import sys, runpy; sys.modules['psutil'] = None;"
+        f"sys.argv = ['push_monitor.py', '--once']; runpy.run_path({str(AGENT)!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "missing Python package(s): psutil" in result.stderr
+
+
+# ---------------------------------------------------------------------------- top-N and CPU deltas
+
+
+def sample(pid: int, name: str, cpu: float, rss: int = 0, start: float = 1.0) -> pm.ProcessSample:
+    return pm.ProcessSample((pid, start), name, cpu, rss)
+
+
+def test_first_scan_reports_zero_cpu_and_ranks_by_memory() -> None:
+    apps = pm.top_apps(None, [sample(1, "a", 50, 10), sample(2, "b", 90, 30)], 1.0, 5)
+    assert [(a.name, a.cpu_percent, a.memory_bytes) for a in apps] == [("b", 0.0, 30), ("a", 0.0, 10)]
+
+
+def test_cpu_percent_is_the_delta_over_elapsed_time() -> None:
+    before = {s.key: s for s in [sample(1, "a", 10.0), sample(2, "b", 3.0)]}
+    apps = pm.top_apps(before, [sample(1, "a", 10.5), sample(2, "b", 5.0)], 2.0, 5)
+    assert {a.name: a.cpu_percent for a in apps} == {"b": 100.0, "a": 25.0}
+
+
+def test_processes_of_one_name_are_summed() -> None:
+    before = {s.key: s for s in [sample(1, "nginx", 1.0, 100), sample(2, "nginx", 1.0, 200), sample(3, "sshd", 0, 5)]}
+    now = [sample(1, "nginx", 1.2, 100), sample(2, "nginx", 1.3, 200), sample(3, "sshd", 0.1, 5)]
+    apps = pm.top_apps(before, now, 1.0, 5)
+    assert apps[0] == pm.AppUsage("nginx", 50.0, 300)
+    assert apps[1] == pm.AppUsage("sshd", 10.0, 5)
+
+
+def test_new_process_counts_all_its_cpu_and_reused_pid_is_new() -> None:
+    before = {s.key: s for s in [sample(7, "old", 100.0, start=1.0)]}
+    # pid 7 was reused by a new process (other start time) that used 0.4 s since it started
+    apps = pm.top_apps(before, [sample(7, "new", 0.4, start=99.0), sample(8, "fresh", 0.2)], 1.0, 5)
+    assert {a.name: a.cpu_percent for a in apps} == {"new": 40.0, "fresh": 20.0}
+
+
+def test_top_n_cuts_and_zero_reports_nothing() -> None:
+    before = {s.key: s for s in [sample(i, f"p{i}", 0) for i in range(20)]}
+    now = [sample(i, f"p{i}", i / 100) for i in range(20)]
+    assert [a.name for a in pm.top_apps(before, now, 1.0, 3)] == ["p19", "p18", "p17"]
+    assert pm.top_apps(before, now, 1.0, 0) == []
+
+
+def test_linux_scanner_parses_awkward_names(tmp_path: Path) -> None:
+    def proc(pid: int, comm: str, utime: int, stime: int, rss_pages: int, cmdline: bytes = b"") -> None:
+        d = tmp_path / str(pid)
+        d.mkdir()
+        rest = ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 6 + ["4242", "0", str(rss_pages)] + ["0"] * 20
+        (d / "stat").write_bytes(f"{pid} ({comm}) ".encode() + " ".join(rest).encode())
+        (d / "cmdline").write_bytes(cmdline)
+
+    proc(10, "evil) (name", 100, 50, 3)
+    proc(11, "a-very-long-pro", 1, 1, 1, b"/usr/bin/a-very-long-program-name\x00--flag\x00")
+    (tmp_path / "self").mkdir()
+    scanner = pm.LinuxProcessScanner(str(tmp_path))
+    samples = {s.key[0]: s for s in scanner.scan()}
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert samples[10].name == "evil) (name"
+    assert samples[10].cpu_seconds == pytest.approx(150 * tick)
+    assert samples[10].rss_bytes == 3 * os.sysconf("SC_PAGE_SIZE")
+    assert samples[10].key == (10, 4242.0)
+    assert samples[11].name == "a-very-long-program-name"
+
+
+def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    try:
+        scanner = pm.LinuxProcessScanner()
+        time.sleep(0.3)
+        first, t0 = scanner.scan(), time.monotonic()
+        time.sleep(1.0)
+        second, t1 = scanner.scan(), time.monotonic()
+        apps = pm.top_apps({s.key: s for s in first}, [s for s in second if s.key[0] == busy.pid], t1 - t0, 1)
+        # A spinning process uses about one core; allow a loaded CI machine to give it less.
+        assert 30 <= apps[0].cpu_percent <= 110
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_psutil_scanner_agrees_with_linux_scanner_on_names_and_memory() -> None:
+    linux = {s.key[0]: s for s in pm.LinuxProcessScanner().scan()}
+    portable = {s.key[0]: s for s in pm.PsutilProcessScanner().scan()}
+    me = os.getpid()
+    assert linux[me].name == portable[me].name
+    assert abs(linux[me].rss_bytes - portable[me].rss_bytes) < 8 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def test_defaults_match_the_original_tool() -> None:
+    config = pm.parse_config([], env={})
+    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("http://localhost:9091", 1.0, "device-metrics", 10)
+    assert config.timeout < config.interval
+
+
+def test_environment_overrides_defaults_and_flags_override_environment() -> None:
+    env = {"PUSHGATEWAY_URL": "http://gw:9091", "PUSH_INTERVAL": "5", "DEVICE_JOB": "regular-servers", "TOP_N": "3"}
+    config = pm.parse_config([], env=env)
+    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("http://gw:9091", 5.0, "regular-servers", 3)
+    config = pm.parse_config(["--pushgateway", "https://other:443/pg/", "--interval", "0.5", "--job", "j", "--top-n", "0"], env=env)
+    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("https://other:443/pg", 0.5, "j", 0)
+
+
+def test_default_timeout_follows_the_interval() -> None:
+    assert pm.parse_config(["--interval", "30"], env={}).timeout == 10.0
+    assert pm.parse_config(["--interval", "0.5"], env={}).timeout == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "blamed"),
+    [
+        (["--interval", "0"], {}, "--interval"),
+        (["--interval", "-1"], {}, "--interval"),
+        (["--interval", "nan"], {}, "--interval"),
+        (["--interval", "inf"], {}, "--interval"),
+        (["--interval", "fast"], {}, "--interval"),
+        ([], {"PUSH_INTERVAL": "0"}, "PUSH_INTERVAL"),
+        (["--top-n", "-1"], {}, "--top-n"),
+        (["--top-n", "2.5"], {}, "--top-n"),
+        ([], {"TOP_N": "many"}, "TOP_N"),
+        (["--pushgateway", "localhost:9091"], {}, "--pushgateway"),
+        (["--pushgateway", "ftp://gw"], {}, "--pushgateway"),
+        (["--pushgateway", "http://"], {}, "--pushgateway"),
+        (["--pushgateway", "http://gw:99999"], {}, "--pushgateway"),
+        (["--pushgateway", "http://user:pw@gw:9091"], {}, "--pushgateway"),
+        ([], {"PUSHGATEWAY_URL": "gw"}, "PUSHGATEWAY_URL"),
+        (["--interval", "1", "--timeout", "1"], {}, "--timeout"),
+        (["--job", " "], {}, "--job"),
+        (["--device-serial", ""], {}, "--device-serial"),
+        (["--password-file", "/nonexistent/pw", "--username", "u"], {}, "--password-file"),
+        (["--username", "u"], {}, "--username"),
+        ([], {"PUSHGATEWAY_PASSWORD": "pw"}, "PUSHGATEWAY_USERNAME"),
+        (["--ca-file", "/etc/hostname"], {}, "https://"),
+        (["--log-level", "loud"], {}, "--log-level"),
+    ],
+)
+def test_bad_input_is_one_clear_error_naming_its_source(argv, env, blamed) -> None:
+    with pytest.raises(pm.ConfigError) as raised:
+        pm.parse_config(argv, env=env)
+    assert blamed in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_password_comes_from_file_without_trailing_newline(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = pm.parse_config(["--username", "device", "--password-file", str(tmp_path / "pw")], env={})
+    assert (config.username, config.password) == ("device", "s3cret")
+    assert "s3cret" not in repr(config)
+
+
+def test_there_is_no_password_flag() -> None:
+    with pytest.raises(SystemExit) as raised:
+        pm.parse_config(["--password", "x"], env={})
+    assert raised.value.code == 2
+
+
+def test_help_documents_every_environment_variable() -> None:
+    text = pm.build_parser().format_help()
+    for name in ("PUSHGATEWAY_URL", "PUSH_INTERVAL", "DEVICE_JOB", "TOP_N", "DEVICE_SERIAL", "PUSH_TIMEOUT", "PUSHGATEWAY_PASSWORD"):
+        assert name in text
+
+
+# ---------------------------------------------------------------------------- pushing
+
+
+@pytest.mark.parametrize("serial", ["abc-123", "with space", "a/b", "ü-ñ", "", "x" * 300, "quote\"back\\slash\nnl"])
+def test_grouping_path_round_trips(serial: str) -> None:
+    path = pm.grouping_path("my job", serial)
+    parts = path.split("/")[2:]
+    decoded = {}
+    for label, value in zip(parts[::2], parts[1::2]):
+        if label.endswith("@base64"):
+            decoded[label[: -len("@base64")]] = base64.urlsafe_b64decode(value).decode()
+        else:
+            decoded[label] = value
+    assert decoded == {"job": "my job", "device_serial": serial}
+
+
+def test_plain_values_stay_readable_in_the_path() -> None:
+    assert pm.grouping_path("critical-servers", "SN.123:4") == "/metrics/job/critical-servers/device_serial/SN.123:4"
+
+
+@pytest.mark.parametrize("interval", [0.2, 1.0, 5.0, 30.0])
+def test_retry_delay_grows_and_never_exceeds_the_interval(interval: float) -> None:
+    config = pm.parse_config(["--interval", str(interval)], env={})
+    agent = pm.Agent(config, "serial", hostname="h")
+    ceilings = []
+    for attempts in range(1, 12):
+        agent._failed_attempts = attempts
+        delays = [agent.retry_delay() for _ in range(50)]
+        assert all(0 < d <= interval for d in delays)
+        ceilings.append(max(delays))
+    assert ceilings[0] < ceilings[-1] or interval <= 0.25
+    assert ceilings[-1] > interval / 2
