@@ -114,6 +114,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="push_monitor.py",
+        allow_abbrev=False,  # "--password x" must not silently become --password-file
         description="Collect CPU, memory, network and top-N process metrics and push them to a "
         "Prometheus Pushgateway, one group per device (job + device_serial).",
         epilog="Precedence: flag > environment variable > default. The password is never a flag: "
@@ -170,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pick(flag_value: Optional[str], env: Dict[str, str], env_name: str) -> Tuple[Optional[str], str]:
+def _pick(args: argparse.Namespace, flag: str, env: Dict[str, str], env_name: str) -> Tuple[Optional[str], str]:
     """Returns the winning raw value and the name to blame if it is bad."""
+    flag_value = getattr(args, flag.lstrip("-").replace("-", "_"))
     if flag_value is not None:
-        return flag_value, "--" + env_name.lower().replace("_", "-")
+        return flag_value, flag
     value = env.get(env_name)
     if value is not None and value != "":
         return value, env_name
@@ -241,8 +243,8 @@ def read_password(path: str, source: str) -> str:
 
 
 def _credentials(args: argparse.Namespace, env: Dict[str, str]) -> Tuple[Optional[str], Optional[str]]:
-    username, _ = _pick(args.username, env, "PUSHGATEWAY_USERNAME")
-    password_file, source = _pick(args.password_file, env, "PUSHGATEWAY_PASSWORD_FILE")
+    username, _ = _pick(args, "--username", env, "PUSHGATEWAY_USERNAME")
+    password_file, source = _pick(args, "--password-file", env, "PUSHGATEWAY_PASSWORD_FILE")
     password = read_password(password_file, source) if password_file else env.get("PUSHGATEWAY_PASSWORD") or None
     if password and not username:
         raise ConfigError("a password is set but no --username (or PUSHGATEWAY_USERNAME)")
@@ -258,7 +260,7 @@ def _tls_files(args: argparse.Namespace, env: Dict[str, str], url: str) -> Dict[
         ("client_cert", "PUSHGATEWAY_CLIENT_CERT"),
         ("client_key", "PUSHGATEWAY_CLIENT_KEY"),
     ):
-        raw, source = _pick(getattr(args, attr), env, env_name)
+        raw, source = _pick(args, "--" + attr.replace("_", "-"), env, env_name)
         files[attr] = _readable_file(raw, source) if raw else None
     if any(files.values()) and not url.startswith("https://"):
         raise ConfigError("--ca-file / --client-cert / --client-key need an https:// Pushgateway URL")
@@ -272,30 +274,30 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     env = dict(os.environ if env is None else env)
     args = build_parser().parse_args(argv)
 
-    raw, source = _pick(args.pushgateway, env, "PUSHGATEWAY_URL")
+    raw, source = _pick(args, "--pushgateway", env, "PUSHGATEWAY_URL")
     url = validate_url(raw, source) if raw is not None else DEFAULT_PUSHGATEWAY
-    raw, source = _pick(args.interval, env, "PUSH_INTERVAL")
+    raw, source = _pick(args, "--interval", env, "PUSH_INTERVAL")
     interval = parse_seconds(raw, source) if raw is not None else DEFAULT_INTERVAL
-    raw, source = _pick(args.job, env, "DEVICE_JOB")
+    raw, source = _pick(args, "--job", env, "DEVICE_JOB")
     job = raw if raw is not None else DEFAULT_JOB
     if not job.strip():
         raise ConfigError(f"{source}: job name must not be empty")
-    raw, source = _pick(args.top_n, env, "TOP_N")
+    raw, source = _pick(args, "--top-n", env, "TOP_N")
     top_n = parse_top_n(raw, source) if raw is not None else DEFAULT_TOP_N
-    raw, source = _pick(args.timeout, env, "PUSH_TIMEOUT")
+    raw, source = _pick(args, "--timeout", env, "PUSH_TIMEOUT")
     timeout = parse_seconds(raw, source) if raw is not None else min(0.8 * interval, MAX_DEFAULT_TIMEOUT)
     if timeout >= interval:
         raise ConfigError(f"{source}={raw!r}: push timeout must be shorter than the interval ({interval:g} s)")
-    serial, source = _pick(args.device_serial, env, "DEVICE_SERIAL")
+    serial, source = _pick(args, "--device-serial", env, "DEVICE_SERIAL")
     if serial is not None and not serial.strip():
         raise ConfigError(f"{source}: device serial must not be blank")
-    level, source = _pick(args.log_level, env, "LOG_LEVEL")
+    level, source = _pick(args, "--log-level", env, "LOG_LEVEL")
     level = (level or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}={level!r}: must be DEBUG, INFO, WARNING or ERROR")
     username, password = _credentials(args, env)
     tls = _tls_files(args, env, url)
-    state_dir, _ = _pick(args.state_dir, env, "STATE_DIRECTORY")
+    state_dir, _ = _pick(args, "--state-dir", env, "STATE_DIRECTORY")
     if state_dir:
         state_dir = state_dir.split(":")[0]  # systemd passes a list when several dirs are set
     return Config(

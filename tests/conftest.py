@@ -109,7 +109,9 @@ def agent_command(*args: str, python: str = sys.executable) -> List[str]:
 
 def run_agent(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 30, python: str = sys.executable):
     """Runs the agent to completion with a clean agent environment (no inherited PUSH_* settings)."""
-    return subprocess.run(agent_command(*args, python=python), env=agent_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        agent_command(*args, python=python), env=agent_env(env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def agent_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:

@@ -36,7 +36,9 @@ def metric_families(group: dict) -> dict:
 def test_every_metric_arrives_for_two_devices_with_awkward_serials_under_one_job(pushgateway: Pushgateway) -> None:
     job = "shared job/with slash"
     for serial in AWKWARD_SERIALS:
-        result = run_agent("--once", "--pushgateway", pushgateway.url, "--job", job, "--device-serial", serial, "--top-n", "5")
+        result = run_agent(
+            "--once", "--pushgateway", pushgateway.url, "--job", job, "--device-serial", serial, "--top-n", "5"
+        )
         assert result.returncode == 0, result.stderr
     for serial in AWKWARD_SERIALS:
         group = pushgateway.group(job, serial)
@@ -53,7 +55,9 @@ def test_every_metric_arrives_for_two_devices_with_awkward_serials_under_one_job
                 assert one["labels"]["hostname"], name
         apps = families["app_cpu_usage_percent"]["metrics"]
         assert 1 <= len(apps) <= 5 and all(a["labels"]["app"] for a in apps)
-        assert {a["labels"]["app"] for a in apps} == {a["labels"]["app"] for a in families["app_memory_usage_mb"]["metrics"]}
+        assert {a["labels"]["app"] for a in apps} == {
+            a["labels"]["app"] for a in families["app_memory_usage_mb"]["metrics"]
+        }
         interfaces = {m["labels"]["interface"] for m in families["network_receive_bytes_total"]["metrics"]}
         assert "lo" in interfaces
         assert families["push_monitor_interval_seconds"]["metrics"][0]["value"] == "1"
@@ -82,9 +86,13 @@ def test_distro_packages_of_debian_12_run_the_agent(pushgateway: Pushgateway) ->
     system_python = "/usr/bin/python3"
     probe = subprocess.run([system_python, "-c", "import psutil, prometheus_client"], capture_output=True, check=False)
     assert probe.returncode == 0, "scripts/setup-host.sh installs python3-psutil and python3-prometheus-client"
-    result = run_agent("--once", "--pushgateway", pushgateway.url, "--device-serial", "debian-distro", python=system_python)
+    result = run_agent(
+        "--once", "--pushgateway", pushgateway.url, "--device-serial", "debian-distro", python=system_python
+    )
     assert result.returncode == 0, result.stderr
-    assert set(metric_families(pushgateway.group("device-metrics", "debian-distro"))) == EXPECTED_METRICS | GATEWAY_METRICS
+    assert (
+        set(metric_families(pushgateway.group("device-metrics", "debian-distro"))) == EXPECTED_METRICS | GATEWAY_METRICS
+    )
 
 
 # ---------------------------------------------------------------------------- a long-running agent
@@ -122,9 +130,13 @@ def started_agents() -> Iterator[list]:
         agent.kill()
 
 
-def test_agent_survives_a_gateway_outage_and_resumes_within_one_interval(pushgateway: Pushgateway, started_agents) -> None:
+def test_agent_survives_a_gateway_outage_and_resumes_within_one_interval(
+    pushgateway: Pushgateway, started_agents
+) -> None:
     interval = 1.0
-    agent = RunningAgent("--pushgateway", pushgateway.url, "--interval", str(interval), "--device-serial", "outage", "--job", "j")
+    agent = RunningAgent(
+        "--pushgateway", pushgateway.url, "--interval", str(interval), "--device-serial", "outage", "--job", "j"
+    )
     started_agents.append(agent)
     wait_until(lambda: pushgateway.push_time("j", "outage"), 10, message="first push")
 
@@ -133,7 +145,9 @@ def test_agent_survives_a_gateway_outage_and_resumes_within_one_interval(pushgat
     assert agent.process.poll() is None, "the agent must never exit on an outage"
     pushgateway.start()  # its persistence file brings the old group back: wait for a newer push
     back, back_wall = time.monotonic(), time.time()
-    seen = wait_until(lambda: pushgateway.push_time("j", "outage") > back_wall, 10, interval=0.02, message="push after restart")
+    seen = wait_until(
+        lambda: pushgateway.push_time("j", "outage") > back_wall, 10, interval=0.02, message="push after restart"
+    )
     assert seen - back <= interval + 0.25, f"first push {seen - back:.2f} s after the gateway returned"
     wait_until(lambda: any("recovered" in line for line in agent.stderr_lines), 5, message="recovery log line")
     assert agent.stop() == 0
@@ -144,8 +158,12 @@ def test_agent_survives_a_gateway_outage_and_resumes_within_one_interval(pushgat
     assert "Traceback" not in "\n".join(agent.stderr_lines)
 
 
-def test_sigterm_exits_0_promptly_and_delete_on_exit_removes_the_group(pushgateway: Pushgateway, started_agents) -> None:
-    agent = RunningAgent("--pushgateway", pushgateway.url, "--interval", "30", "--device-serial", "leaving", "--delete-on-exit")
+def test_sigterm_exits_0_promptly_and_delete_on_exit_removes_the_group(
+    pushgateway: Pushgateway, started_agents
+) -> None:
+    agent = RunningAgent(
+        "--pushgateway", pushgateway.url, "--interval", "30", "--device-serial", "leaving", "--delete-on-exit"
+    )
     started_agents.append(agent)
     wait_until(lambda: pushgateway.push_time("device-metrics", "leaving"), 10, message="first push")
     stopped = time.monotonic()
@@ -250,7 +268,9 @@ def test_keeps_collecting_with_backoff_while_the_gateway_refuses(recorder: Recor
 def test_bad_input_exits_2_with_one_line_before_any_network_traffic(recorder: RecordingGateway, args, env) -> None:
     if "PUSHGATEWAY_URL" not in env and "--pushgateway" not in args:
         args = ["--pushgateway", recorder.url, *args]
-    result = subprocess.run(agent_command(*args, "--once"), env=agent_env(env), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        agent_command(*args, "--once"), env=agent_env(env), capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("push_monitor: error: ")
@@ -260,6 +280,15 @@ def test_bad_input_exits_2_with_one_line_before_any_network_traffic(recorder: Re
 def test_version_and_help() -> None:
     assert run_agent("--version").stdout.startswith("push_monitor ")
     helptext = run_agent("--help").stdout
-    for flag in ("--pushgateway", "--interval", "--job", "--top-n", "--device-serial", "--once", "--print", "--timeout"):
+    for flag in (
+        "--pushgateway",
+        "--interval",
+        "--job",
+        "--top-n",
+        "--device-serial",
+        "--once",
+        "--print",
+        "--timeout",
+    ):
         assert flag in helptext
     assert sys.executable

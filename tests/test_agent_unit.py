@@ -58,8 +58,13 @@ def test_device_tree_serial_is_nul_terminated(tmp_path: Path) -> None:
 
 def test_raspberry_pi_cpuinfo_serial(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nHardware\t: BCM2835\nRevision\t: c03111\nSerial\t\t: 10000000deadbeef\nModel\t: Pi 4\n")
-    assert pm.serial_from_device_tree([str(tmp_path / "no-dt")], cpuinfo=str(cpuinfo)) == ("10000000deadbeef", "cpuinfo Serial")
+    cpuinfo.write_text(
+        "processor\t: 0\nHardware\t: BCM2835\nRevision\t: c03111\nSerial\t\t: 10000000deadbeef\nModel\t: Pi 4\n"
+    )
+    assert pm.serial_from_device_tree([str(tmp_path / "no-dt")], cpuinfo=str(cpuinfo)) == (
+        "10000000deadbeef",
+        "cpuinfo Serial",
+    )
 
 
 def test_raspberry_pi_zero_serial_is_rejected(tmp_path: Path) -> None:
@@ -187,7 +192,9 @@ def test_linux_scanner_parses_awkward_names(tmp_path: Path) -> None:
     def proc(pid: int, comm: str, utime: int, stime: int, rss_pages: int, cmdline: bytes = b"") -> None:
         d = tmp_path / str(pid)
         d.mkdir()
-        rest = ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 6 + ["4242", "0", str(rss_pages)] + ["0"] * 20
+        rest = (
+            ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 6 + ["4242", "0", str(rss_pages)] + ["0"] * 20
+        )
         (d / "stat").write_bytes(f"{pid} ({comm}) ".encode() + " ".join(rest).encode())
         (d / "cmdline").write_bytes(cmdline)
 
@@ -205,7 +212,9 @@ def test_linux_scanner_parses_awkward_names(tmp_path: Path) -> None:
 
 
 def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"]
+    )
     try:
         scanner = pm.LinuxProcessScanner()
         time.sleep(0.3)
@@ -233,15 +242,27 @@ def test_psutil_scanner_agrees_with_linux_scanner_on_names_and_memory() -> None:
 
 def test_defaults_match_the_original_tool() -> None:
     config = pm.parse_config([], env={})
-    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("http://localhost:9091", 1.0, "device-metrics", 10)
+    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == (
+        "http://localhost:9091",
+        1.0,
+        "device-metrics",
+        10,
+    )
     assert config.timeout < config.interval
 
 
 def test_environment_overrides_defaults_and_flags_override_environment() -> None:
     env = {"PUSHGATEWAY_URL": "http://gw:9091", "PUSH_INTERVAL": "5", "DEVICE_JOB": "regular-servers", "TOP_N": "3"}
     config = pm.parse_config([], env=env)
-    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("http://gw:9091", 5.0, "regular-servers", 3)
-    config = pm.parse_config(["--pushgateway", "https://other:443/pg/", "--interval", "0.5", "--job", "j", "--top-n", "0"], env=env)
+    assert (config.pushgateway_url, config.interval, config.job, config.top_n) == (
+        "http://gw:9091",
+        5.0,
+        "regular-servers",
+        3,
+    )
+    config = pm.parse_config(
+        ["--pushgateway", "https://other:443/pg/", "--interval", "0.5", "--job", "j", "--top-n", "0"], env=env
+    )
     assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("https://other:443/pg", 0.5, "j", 0)
 
 
@@ -300,14 +321,22 @@ def test_there_is_no_password_flag() -> None:
 
 def test_help_documents_every_environment_variable() -> None:
     text = pm.build_parser().format_help()
-    for name in ("PUSHGATEWAY_URL", "PUSH_INTERVAL", "DEVICE_JOB", "TOP_N", "DEVICE_SERIAL", "PUSH_TIMEOUT", "PUSHGATEWAY_PASSWORD"):
+    for name in (
+        "PUSHGATEWAY_URL",
+        "PUSH_INTERVAL",
+        "DEVICE_JOB",
+        "TOP_N",
+        "DEVICE_SERIAL",
+        "PUSH_TIMEOUT",
+        "PUSHGATEWAY_PASSWORD",
+    ):
         assert name in text
 
 
 # ---------------------------------------------------------------------------- pushing
 
 
-@pytest.mark.parametrize("serial", ["abc-123", "with space", "a/b", "ü-ñ", "", "x" * 300, "quote\"back\\slash\nnl"])
+@pytest.mark.parametrize("serial", ["abc-123", "with space", "a/b", "ü-ñ", "", "x" * 300, 'quote"back\\slash\nnl'])
 def test_grouping_path_round_trips(serial: str) -> None:
     path = pm.grouping_path("my job", serial)
     parts = path.split("/")[2:]
