@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, List, Tuple
 
 import pytest
+
 from conftest import Pushgateway, agent_command, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
@@ -233,7 +234,7 @@ def test_schedule_is_fixed_and_does_not_drift(recorder: RecordingGateway, starte
     # late by the accumulated collection time after 40 cycles.
     late = [times[k] - (times[0] + k * interval) for k in range(41)]
     assert max(abs(x) for x in late) < 0.1, late
-    assert all("PUT" == method for _, method, _ in recorder.requests)
+    assert all(method == "PUT" for _, method, _ in recorder.requests)
 
 
 def test_keeps_collecting_with_backoff_while_the_gateway_refuses(recorder: RecordingGateway, started_agents) -> None:

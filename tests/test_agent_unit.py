@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import AGENT
 
 import push_monitor as pm
+from conftest import AGENT
 
 # ---------------------------------------------------------------------------- identity
 
