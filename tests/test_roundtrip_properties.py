@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import push_monitor as pm
-from conftest import Pushgateway
+from conftest import Pushgateway, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,4 +65,5 @@ def test_every_value_round_trips_through_the_real_pushgateway(
     delete = pm.PushgatewayClient(pm.Config(pushgateway_url=gateway.url, job=job, timeout=5), serial)
     delete.delete()
     delete.close()
-    assert gateway.group(job, serial) is None
+    # DELETE is answered 202 and applied asynchronously by the gateway
+    wait_until(lambda: gateway.group(job, serial) is None, 5, message="group deleted")
