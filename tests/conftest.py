@@ -3,16 +3,18 @@ and helpers to run the agent as a subprocess."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -39,17 +41,31 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
-def http_get(url: str, timeout: float = 2.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def http_get(
+    url: str, timeout: float = 2.0, auth: Optional[Tuple[str, str]] = None, ca_file: Optional[str] = None
+) -> bytes:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return response.read()
 
 
 class Pushgateway:
     """A real Pushgateway process; restartable on the same port for outage tests."""
 
-    def __init__(self, workdir: Path, extra_args: Optional[List[str]] = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: Optional[List[str]] = None,
+        auth: Optional[Tuple[str, str]] = None,
+        ca_file: Optional[str] = None,
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.auth = auth
+        self.ca_file = ca_file
         self.workdir = workdir
         self.extra_args = extra_args or []
         self.process: Optional[subprocess.Popen] = None
@@ -69,7 +85,7 @@ class Pushgateway:
 
     def ready(self) -> bool:
         try:
-            return http_get(self.url + "/-/ready", 0.5).strip() != b""
+            return self.get("/-/ready", 0.5).strip() != b""
         except OSError:
             return False
 
@@ -79,8 +95,11 @@ class Pushgateway:
             self.process.wait(10)
         self.process = None
 
+    def get(self, path: str, timeout: float = 2.0) -> bytes:
+        return http_get(self.url + path, timeout, auth=self.auth, ca_file=self.ca_file)
+
     def groups(self) -> List[Dict]:
-        return json.loads(http_get(self.url + "/api/v1/metrics"))["data"]
+        return json.loads(self.get("/api/v1/metrics"))["data"]
 
     def group(self, job: str, device_serial: str) -> Optional[Dict]:
         for group in self.groups():

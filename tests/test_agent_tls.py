@@ -1,0 +1,166 @@
+"""The agent against a real Pushgateway served with TLS and basic auth (--web.config.file)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import bcrypt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import Pushgateway, agent_command, agent_env, run_agent, wait_until
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "device", "correct horse battery staple"
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(directory: Path, name: str) -> Tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1; returns (ca, cert, key) paths."""
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca_cert = _certificate(f"{name} test CA", ca_key, ca_name, ca_key, ca=True)
+    server_key = _key()
+    server_cert = _certificate("127.0.0.1", server_key, ca_name, ca_key, ca=False)
+    paths = (directory / f"{name}-ca.pem", directory / f"{name}-server.pem", directory / f"{name}-server.key")
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(_pem_key(server_key))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def secure_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgateway]:
+    workdir = Path(tmp_path_factory.mktemp("tls"))
+    ca, cert, key = make_pki(workdir, "gateway")
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web_config = workdir / "web.yml"
+    web_config.write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\nbasic_auth_users:\n  {USER}: '{hashed}'\n"
+    )
+    gateway = Pushgateway(workdir, [f"--web.config.file={web_config}"], auth=(USER, PASSWORD), ca_file=str(ca))
+    gateway.start()
+    gateway.workdir = workdir
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_push_with_credentials_and_ca_arrives(secure_gateway: Pushgateway, password_file: Path) -> None:
+    result = run_agent(
+        "--once", "--pushgateway", secure_gateway.url, "--device-serial", "tls-device",
+        "--username", USER, "--password-file", str(password_file), "--ca-file", secure_gateway.ca_file,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert secure_gateway.push_time("device-metrics", "tls-device") is not None
+
+
+def test_password_from_the_environment_works_too(secure_gateway: Pushgateway) -> None:
+    env = {
+        "PUSHGATEWAY_USERNAME": USER,
+        "PUSHGATEWAY_PASSWORD": PASSWORD,
+        "PUSHGATEWAY_CA_FILE": secure_gateway.ca_file,
+    }
+    result = run_agent("--once", "--pushgateway", secure_gateway.url, "--device-serial", "env-device", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_push_without_credentials_gets_401(secure_gateway: Pushgateway) -> None:
+    result = run_agent(
+        "--once", "--pushgateway", secure_gateway.url, "--device-serial", "anon", "--ca-file", secure_gateway.ca_file
+    )
+    assert result.returncode == 1
+    assert "authentication failed (HTTP 401)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_ca_is_a_tls_error_not_a_crash(
+    secure_gateway: Pushgateway, tmp_path: Path, password_file: Path
+) -> None:
+    other_ca, _, _ = make_pki(tmp_path, "other")
+    result = run_agent(
+        "--once", "--pushgateway", secure_gateway.url, "--device-serial", "x", "--username", USER,
+        "--password-file", str(password_file), "--ca-file", str(other_ca),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "TLS error" in result.stderr and "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_password_logs_one_auth_error_and_keeps_retrying(secure_gateway: Pushgateway, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password")
+    args = agent_command(
+        "--pushgateway", secure_gateway.url, "--interval", "0.5", "--device-serial", "wrong-pw", "--username", USER,
+        "--password-file", str(wrong), "--ca-file", secure_gateway.ca_file,
+    )  # fmt: skip
+    process = subprocess.Popen(args, env=agent_env(), stderr=subprocess.PIPE, text=True)
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        time.sleep(4)
+        assert process.poll() is None, "a wrong password must not stop the agent"
+        process.terminate()
+        assert process.wait(10) == 0
+        reader.join(5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    errors = [line for line in lines if "authentication failed" in line]
+    assert len(errors) == 1, lines
+    assert "Traceback" not in "".join(lines)
+    assert PASSWORD not in "".join(lines) and "not the password" not in "".join(lines)
+    wait_until(
+        lambda: secure_gateway.group("device-metrics", "wrong-pw") is None, 1, message="no group for a rejected device"
+    )
