@@ -1,0 +1,606 @@
+#!/usr/bin/env python3
+"""What the push agent costs a device, side by side with two yardsticks, in one run.
+
+Three subjects run at the same time over the same window at the same interval (default 1 s):
+
+  agent          files/push_monitor.py, pushing to its own real Pushgateway
+  naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway), idem
+  node_exporter  Debian's prometheus-node-exporter with default collectors, scraped by this script
+
+For each: CPU seconds (utime + stime of /proc/<pid>/stat, all threads) between two snapshots,
+divided by the pushes the gateway counted (or the scrapes made) in between, and peak RSS (VmHWM).
+The host gets at least --processes processes first (idle `sleep`s under a few dozen names, plus a
+few busy ones with their own names so the top-N ranking has real work); every process this script
+starts is stopped at the end, and each carries its own deadline in case this script is killed.
+
+Prints a table and the ratios against the targets, PASS or MISS each; exits 0 either way (the
+targets are tracked here, never as timed test assertions). Exit 1 only if the benchmark cannot run.
+
+    .venv/bin/python bench/agent_cost.py            # 30 cycles, >= 300 processes
+    .venv/bin/python bench/agent_cost.py --quick    # smoke run: a few cycles, fewer processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = ROOT / "files" / "push_monitor.py"
+NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
+NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+JOB = "bench"
+IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
+
+TARGET_VS_NODE_EXPORTER = 1.0
+TARGET_VS_NAIVE = 0.5
+TARGET_PEAK_RSS_BYTES = 30_000_000  # 30 MB, decimal: the stricter reading of the target
+
+# A busy-ish process: a given share of one core in 100 ms slices, under its own name (PR_SET_NAME),
+# until its deadline. The deadline keeps it bounded even if the benchmark itself is killed.
+BUSY_CODE = """
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+share, deadline = float(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    spin_until = time.monotonic() + 0.1 * share
+    while time.monotonic() < spin_until:
+        pass
+    time.sleep(0.1 * (1 - share))
+"""
+
+
+class BenchError(Exception):
+    """The benchmark cannot run (missing binary, a subject died): one line, exit 1."""
+
+
+@dataclass(frozen=True)
+class Options:
+    cycles: int
+    warmup: int
+    interval: float
+    processes: int
+    busy: int
+    top_n: int
+    python: str
+    quick: bool
+
+
+def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Agent CPU per cycle and peak RSS, side by side with a naive psutil agent and node_exporter."
+    )
+    parser.add_argument("--cycles", type=int, help="measured cycles (default 30; 4 with --quick)")
+    parser.add_argument("--warmup", type=int, help="cycles before the window opens (default 3; 2 with --quick)")
+    parser.add_argument("--interval", type=float, default=1.0, help="push and scrape interval in seconds (default 1)")
+    parser.add_argument("--processes", type=int, help="processes the host must have (default 300; 150 with --quick)")
+    parser.add_argument("--busy", type=int, help="busy-ish processes among them (default 4; 2 with --quick)")
+    parser.add_argument("--top-n", type=int, default=10, help="top-N apps for both agents (default 10)")
+    parser.add_argument(
+        "--python",
+        default=str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable),
+        help="interpreter for both agents (default: the project's .venv python)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: few cycles, fewer processes")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    options = Options(
+        cycles=args.cycles if args.cycles is not None else (4 if quick else 30),
+        warmup=args.warmup if args.warmup is not None else (2 if quick else 3),
+        interval=args.interval,
+        processes=args.processes if args.processes is not None else (150 if quick else 300),
+        busy=args.busy if args.busy is not None else (2 if quick else 4),
+        top_n=args.top_n,
+        python=args.python,
+        quick=quick,
+    )
+    if options.cycles < 1 or options.warmup < 1 or options.busy < 0 or options.processes < 0 or options.top_n < 0:
+        parser.error("--cycles and --warmup must be >= 1; --processes, --busy and --top-n >= 0")
+    if not math.isfinite(options.interval) or not 0.1 <= options.interval <= 60:
+        parser.error("--interval must be between 0.1 and 60 seconds")
+    return options
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (the leader's stat sums its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        raw = handle.read()
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+
+
+def process_count() -> int:
+    return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
+
+
+def host_cpu_ticks() -> Tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, to report how loaded the host was during the window."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(value) for value in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already inside user/nice
+    return total - idle, total
+
+
+def machine_summary() -> List[str]:
+    model = "?"
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        mem_kib = int(handle.readline().split()[1])
+    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+    return [
+        f"machine: {os.cpu_count()} CPUs ({model}), {mem_kib / 1048576:.1f} GiB RAM, "
+        f"Linux {platform.release()}, Debian {debian}",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Processes this script owns
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Children:
+    """Every process the benchmark starts, stopped (by its own pid) in reverse order at the end."""
+
+    processes: List[subprocess.Popen] = field(default_factory=list)
+
+    def start(
+        self, args: Sequence[str], log: Optional[IO[bytes]] = None, env: Optional[Dict[str, str]] = None
+    ) -> subprocess.Popen:
+        process = subprocess.Popen(
+            list(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, env=env
+        )
+        if log is not None:
+            log.close()  # the child has its own copy
+        self.processes.append(process)
+        return process
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + grace
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+class Load:
+    """Idle `sleep`s under IDLE_NAMES names plus a few busy processes, topped up whenever the host
+    drops below the target (other jobs on the host come and go). Each one ends by itself."""
+
+    def __init__(self, children: Children, options: Options, bound_seconds: float, workdir: Path) -> None:
+        self.children = children
+        self.target = options.processes
+        self.margin = 50 if options.processes else 0
+        self.bound_seconds = bound_seconds
+        self.idle = 0
+        self.busy = 0
+        sleep_bin = shutil.which("sleep")
+        if sleep_bin is None:
+            raise BenchError("no `sleep` binary on PATH")
+        bindir = workdir / "bin"
+        bindir.mkdir()
+        # comm is the name a process was exec'd under, so symlinks give the idle processes many names.
+        self.idle_commands = []
+        for index in range(IDLE_NAMES):
+            link = bindir / f"idle-{index:02d}"
+            link.symlink_to(sleep_bin)
+            self.idle_commands.append(str(link))
+
+    def start_busy(self, count: int) -> None:
+        for index in range(count):
+            share = 0.02 * (index + 1)
+            name = f"bench-busy-{index + 1}"
+            self.children.start([sys.executable, "-c", BUSY_CODE, name, f"{share:.2f}", f"{self.bound_seconds:.0f}"])
+            self.busy += 1
+
+    def top_up(self) -> int:
+        """Spawns idle processes until the host is at the target plus the margin; returns how many."""
+        spawned = 0
+        for _ in range(3):  # re-count: other jobs may end while we spawn
+            missing = self.target + self.margin - process_count()
+            if missing <= 0:
+                break
+            for _ in range(missing):
+                self.children.start([self.idle_commands[self.idle % IDLE_NAMES], f"{self.bound_seconds:.0f}"])
+                self.idle += 1
+                spawned += 1
+        return spawned
+
+    def sample(self, counts: List[int]) -> None:
+        """Records the host's process count, then tops up if it fell below the target."""
+        count = process_count()
+        counts.append(count)
+        if count < self.target:
+            self.top_up()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def answers(url: str) -> bool:
+    try:
+        http_get(url, 1.0)
+    except OSError:
+        return False
+    return True
+
+
+def start_server(children: Children, binary: str, args: Sequence[str], ready_path: str, logfile: Path) -> str:
+    """Starts a Prometheus-style server on a free loopback port; returns its base URL once it answers."""
+    if not os.access(binary, os.X_OK):
+        raise BenchError(f"{binary} not found: run `make host` (scripts/setup-host.sh) first")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = children.start([binary, f"--web.listen-address=127.0.0.1:{port}", *args], log=logfile.open("ab"))
+    wait_until(lambda: process.poll() is None and answers(url + ready_path), 20, f"{binary} on {url}")
+    return url
+
+
+def binary_version(binary: str) -> str:
+    result = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20, check=False)
+    match = re.search(r"version (\S+)", result.stdout + result.stderr)
+    return match.group(1) if match else "?"
+
+
+def python_versions(python: str) -> str:
+    code = (
+        "import sys, importlib.metadata as m; "
+        "print(sys.version.split()[0], m.version('psutil'), m.version('prometheus_client'))"
+    )
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise BenchError(f"{python} cannot import psutil and prometheus_client: {result.stderr.strip()[-300:]}")
+    version, psutil_version, client_version = result.stdout.split()
+    return f"Python {version} ({python}), psutil {psutil_version}, prometheus_client {client_version}"
+
+
+def clean_env(workdir: Path) -> Dict[str, str]:
+    """The agent reads its settings from the environment too: none may leak in from the caller."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PUSH", "DEVICE_", "TOP_N"))}
+    env.update({"STATE_DIRECTORY": str(workdir / "state"), "LOG_LEVEL": "WARNING"})
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    label: str
+    process: subprocess.Popen
+    count_cycles: Callable[[], int]
+    series: Callable[[], int]
+    logfile: Optional[Path] = None
+    cpu_start: float = 0.0
+    cycles_start: int = 0
+    cpu_used: float = 0.0
+    cycles: int = 0
+    peak_rss: int = 0
+
+    def snapshot_start(self) -> None:
+        self.cycles_start = self.count_cycles()
+        self.cpu_start = cpu_seconds(self.process.pid)
+
+    def snapshot_end(self) -> None:
+        self.cycles = self.count_cycles() - self.cycles_start
+        self.cpu_used = cpu_seconds(self.process.pid) - self.cpu_start
+        self.peak_rss = peak_rss_bytes(self.process.pid)
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.logfile.read_text(errors="replace")[-1500:] if self.logfile and self.logfile.exists() else ""
+            raise BenchError(f"{self.label} exited with status {self.process.returncode}: {tail.strip()}")
+
+    @property
+    def cpu_ms_per_cycle(self) -> float:
+        return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
+
+
+def gateway_pushes(url: str) -> int:
+    """Successful PUTs the gateway has accepted: each pusher has a gateway of its own."""
+    text = http_get(url + "/metrics").decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("pushgateway_http_requests_total{") and 'handler="push"' in line and 'code="2' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def gateway_series(url: str) -> int:
+    """Series the pusher sent in its last push (the gateway's own push_time series excluded)."""
+    text = http_get(url + "/metrics").decode()
+    return sum(
+        1
+        for line in text.splitlines()
+        if f'job="{JOB}"' in line and not line.startswith(("#", "push_time_seconds", "push_failure_time_seconds"))
+    )
+
+
+def last_push_time(url: str) -> Optional[float]:
+    for line in http_get(url + "/metrics").decode().splitlines():
+        if line.startswith("push_time_seconds{") and f'job="{JOB}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def mid_cycle(url: str, interval: float, not_before: float) -> float:
+    """The first monotonic time >= not_before half an interval after one of the pusher's pushes:
+    snapshots there never split a collection from its push."""
+    pushed = last_push_time(url)
+    if pushed is None:
+        raise BenchError(f"no push recorded by {url}")
+    pushed_monotonic = pushed - time.time() + time.monotonic()
+    anchor = pushed_monotonic + interval / 2
+    return anchor + math.ceil(max(0.0, not_before - anchor) / interval) * interval
+
+
+@dataclass
+class Scraper:
+    url: str
+    scrapes: int = 0
+    last_series: int = 0
+
+    def scrape(self) -> None:
+        body = http_get(self.url + "/metrics", timeout=10).decode("utf-8", "replace")
+        self.scrapes += 1
+        self.last_series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+
+
+@dataclass
+class Window:
+    seconds: float = 0.0
+    process_counts: List[int] = field(default_factory=list)
+    host_busy_share: float = 0.0
+    load_before: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def run_window(
+    pushers: List[Tuple[Subject, str]], node_exporter: Subject, scraper: Scraper, load: Load, options: Options
+) -> Window:
+    """One window of options.cycles intervals. node_exporter is scraped on this script's grid; each
+    pusher is snapshotted mid-cycle on its own grid, the same number of intervals apart."""
+    interval = options.interval
+    window = Window(load_before=os.getloadavg())
+    start = time.monotonic() + interval
+    events: List[Tuple[float, int, Callable[[], None]]] = [(start - interval / 2, 0, node_exporter.snapshot_start)]
+    for index in range(options.cycles):
+        events.append((start + index * interval, 1, scraper.scrape))
+        events.append((start + index * interval, 2, lambda: load.sample(window.process_counts)))
+    events.append((start + (options.cycles - 0.5) * interval, 3, node_exporter.snapshot_end))
+    for subject, url in pushers:
+        opens = mid_cycle(url, interval, start - interval / 2)
+        events.append((opens, 4, subject.snapshot_start))
+        events.append((opens + options.cycles * interval, 5, subject.snapshot_end))
+    events.sort(key=lambda event: (event[0], event[1]))
+    busy_before, total_before = host_cpu_ticks()
+    opened = time.monotonic()
+    for when, _, action in events:
+        time.sleep(max(0.0, when - time.monotonic()))
+        action()
+    busy_after, total_after = host_cpu_ticks()
+    window.seconds = time.monotonic() - opened
+    window.host_busy_share = (busy_after - busy_before) / max(1, total_after - total_before)
+    window.load_after = os.getloadavg()
+    return window
+
+
+def warm_up(pushers: List[Tuple[Subject, str]], scraper: Scraper, options: Options) -> None:
+    """Imports, first /proc scans and first connections stay out of the window."""
+    for _ in range(options.warmup):
+        scraper.scrape()
+        time.sleep(options.interval)
+    for subject, url in pushers:
+        subject.check_alive()
+        wait_until(
+            lambda url=url: gateway_pushes(url) >= options.warmup,
+            options.warmup * options.interval + 30,
+            f"{options.warmup} pushes from {subject.label}",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(subjects: List[Subject], window: Window, options: Options, header: List[str]) -> List[str]:
+    agent, naive, node_exporter = subjects
+    lines = [*header]
+    counts = window.process_counts
+    lines.append(
+        f"window: {options.cycles} cycles at {options.interval:g} s for each subject "
+        f"({window.seconds:.1f} s from the first snapshot to the last); "
+        f"processes on the host during the window: {min(counts)}-{max(counts)}"
+    )
+    lines.append(
+        f"host CPU busy during the window: {100 * window.host_busy_share:.0f}% of {os.cpu_count()} CPUs; "
+        f"load average {window.load_before[0]:.2f} before, {window.load_after[0]:.2f} after"
+    )
+    lines.append("")
+    lines.append(f"{'subject':<36} {'cycles':>6} {'CPU ms/cycle':>12} {'CPU % of 1 core':>15} {'peak RSS MiB':>12}")
+    for subject in subjects:
+        cpu_share = 100 * subject.cpu_used / (options.cycles * options.interval)
+        lines.append(
+            f"{subject.label:<36} {subject.cycles:>6} {subject.cpu_ms_per_cycle:>12.2f} "
+            f"{cpu_share:>15.2f} {subject.peak_rss / 1048576:>12.1f}"
+        )
+    lines.append("")
+    vs_node_exporter = agent.cpu_ms_per_cycle / node_exporter.cpu_ms_per_cycle
+    vs_naive = agent.cpu_ms_per_cycle / naive.cpu_ms_per_cycle
+    lines.append("ratios against the targets")
+    lines.append(
+        f"  agent CPU/cycle / node_exporter CPU/scrape = {vs_node_exporter:.2f}   target <= "
+        f"{TARGET_VS_NODE_EXPORTER:g}     {verdict(vs_node_exporter <= TARGET_VS_NODE_EXPORTER)}"
+    )
+    lines.append(
+        f"  agent CPU/cycle / naive CPU/cycle          = {vs_naive:.2f}   target <= "
+        f"{TARGET_VS_NAIVE:g}   {verdict(vs_naive <= TARGET_VS_NAIVE)}"
+    )
+    lines.append(
+        f"  agent peak RSS = {agent.peak_rss / 1e6:.1f} MB ({agent.peak_rss / 1048576:.1f} MiB)     target <= "
+        f"{TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(agent.peak_rss <= TARGET_PEAK_RSS_BYTES)}"
+    )
+    return lines
+
+
+def series_line(subjects: List[Subject]) -> str:
+    parts = [f"{subject.label.split()[0]} {subject.series()}" for subject in subjects]
+    return "series per cycle: " + ", ".join(parts)
+
+
+def run(options: Options, children: Children, workdir: Path) -> List[str]:
+    header = [
+        f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}",
+        *machine_summary(),
+        f"agents run by: {python_versions(options.python)}",
+        f"node_exporter {binary_version(NODE_EXPORTER_BIN)}, pushgateway {binary_version(PUSHGATEWAY_BIN)}",
+    ]
+    bound = options.warmup * options.interval + options.cycles * options.interval + 180
+    load = Load(children, options, bound, workdir)
+    load.start_busy(options.busy)
+    load.top_up()
+    spawned_before = load.idle
+    gateways = []
+    for name in ("agent", "naive"):
+        (workdir / name).mkdir()
+        gateways.append(
+            start_server(
+                children,
+                PUSHGATEWAY_BIN,
+                [f"--persistence.file={workdir / name / 'pushgateway.db'}"],
+                "/-/ready",
+                workdir / name / "pushgateway.log",
+            )
+        )
+    node_exporter_url = start_server(children, NODE_EXPORTER_BIN, [], "/metrics", workdir / "node_exporter.log")
+    node_exporter_process = children.processes[-1]
+    env = clean_env(workdir)
+    common = ["--interval", f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n)]
+    pushers = []
+    for label, script, serial, gateway in (
+        ("agent (files/push_monitor.py)", AGENT, "bench-agent", gateways[0]),
+        ("naive (bench/naive_agent.py)", NAIVE_AGENT, "bench-naive", gateways[1]),
+    ):
+        logfile = workdir / f"{serial}.log"
+        command = [options.python, str(script), "--pushgateway", gateway, "--device-serial", serial, *common]
+        process = children.start(command, log=logfile.open("ab"), env=env)
+        subject = Subject(
+            label,
+            process,
+            lambda gateway=gateway: gateway_pushes(gateway),
+            lambda gateway=gateway: gateway_series(gateway),
+            logfile,
+        )
+        pushers.append((subject, gateway))
+    scraper = Scraper(node_exporter_url)
+    node_exporter = Subject(
+        "node_exporter (scraped each cycle)",
+        node_exporter_process,
+        lambda: scraper.scrapes,
+        lambda: scraper.last_series,
+        workdir / "node_exporter.log",
+    )
+    spawned = load.idle + load.busy
+    print(f"agent_cost: {spawned} processes spawned; warm-up, then {options.cycles} cycles", file=sys.stderr)
+    warm_up(pushers, scraper, options)
+    load.top_up()
+    spawned_before_window = load.idle
+    window = run_window(pushers, node_exporter, scraper, load, options)
+    header.append(
+        f"load: spawned {load.busy} busy and {load.idle} idle processes ({spawned_before} at start, "
+        f"{spawned_before_window - spawned_before} before the window, {load.idle - spawned_before_window} during it "
+        f"to stay >= {options.processes}); each ends by itself within {bound:.0f} s"
+    )
+    subjects = [pushers[0][0], pushers[1][0], node_exporter]
+    for subject in subjects:
+        subject.check_alive()
+        if subject.cycles < 1:
+            raise BenchError(f"{subject.label} completed no cycle in the window")
+    return [*report(subjects, window, options, header), series_line(subjects)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = parse_options(argv)
+    # SIGTERM must still run the clean-up below.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:
+            try:
+                lines = run(options, children, Path(tmp))
+            finally:
+                children.stop_all()
+    except BenchError as err:
+        print(f"agent_cost: error: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

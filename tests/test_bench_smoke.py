@@ -1,0 +1,71 @@
+"""The benchmark runs end to end in its quick mode and reports all three subjects and the three targets.
+
+No timing is asserted here (speed targets live in bench/); this proves the benchmark itself works:
+real Pushgateways, the real agent, the naive agent and a real node_exporter, and that it cleans up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from typing import List
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+BENCH = ROOT / "bench" / "agent_cost.py"
+ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$"
+
+
+def processes_marked(marker: str) -> List[int]:
+    """Pids whose environment carries marker: every process the benchmark starts inherits it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            continue  # gone, or a kernel thread
+    return found
+
+
+def test_quick_run_reports_three_subjects_and_three_targets() -> None:
+    marker = f"AGENT_COST_SMOKE={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--cycles", "3", "--processes", "120"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, name: value},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    rows = {}
+    for label in ("agent (files/push_monitor.py)", "naive (bench/naive_agent.py)", "node_exporter"):
+        match = re.search(re.escape(label) + r".*?" + ROW, out, re.MULTILINE)
+        assert match, f"no table row for {label}:\n{out}"
+        rows[label] = match.groups()
+    for cycles, cpu_ms, _cpu_share, rss_mib in rows.values():
+        assert int(cycles) >= 1
+        assert float(cpu_ms) >= 0
+        assert float(rss_mib) > 1  # a real process's peak RSS, read from /proc
+    ratio_lines = [
+        r"agent CPU/cycle / node_exporter CPU/scrape = [\d.]+ .*target <= 1 .*(PASS|MISS)",
+        r"agent CPU/cycle / naive CPU/cycle += [\d.]+ .*target <= 0\.5 .*(PASS|MISS)",
+        r"agent peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
+    ]
+    for pattern in ratio_lines:
+        assert re.search(pattern, out), f"missing ratio line /{pattern}/:\n{out}"
+    assert re.search(r"processes on the host during the window: \d+-\d+", out)
+    assert "Python 3." in out
+    assert processes_marked(marker) == [], "the benchmark left processes behind"
