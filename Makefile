@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 # Molecule scenarios run by `make test`, in this order (each builds the images it needs).
-MOLECULE_SCENARIOS ?=
+MOLECULE_SCENARIOS ?= devices wheelhouse server default
+# Container base images (scripts/images.sh NAME...), rebuilt only when their recipe changes.
+IMAGES := device-debian12 device-debian13 server-debian12
 
-.PHONY: setup host venv test pytest molecule lint bench lab lab-down clean
+.PHONY: setup host venv test pytest molecule lint bench images lab lab-down clean server-config
 
 setup: host venv
 
@@ -38,8 +40,23 @@ lint: venv
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 
+images: host
+	bash scripts/images.sh $(IMAGES)
+
+# The local lab: a Pushgateway and three devices (critical / regular / dev) in systemd containers,
+# rolled out with site.yml, then a table of what the gateway sees. Safe to rerun.
+lab: setup
+	bash scripts/lab.sh up
+
+lab-down:
+	bash scripts/lab.sh down
+
 bench: setup
 	$(BIN)/python bench/agent_cost.py
+
+# Renders server/compose/ (mounted by docker-compose.yml) from the roles' templates and defaults.
+server-config: venv
+	$(BIN)/ansible-playbook playbooks/render-server-config.yml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
-from conftest import ROOT, Pushgateway, free_port, http_get, wait_until
+
+from conftest import ROOT, free_port, http_get, wait_until
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
@@ -33,7 +34,9 @@ RULE_TESTS = ROOT / "server" / "prometheus" / "tests" / "fleet-rules.test.yml"
 AGENT = ROOT / "files" / "push_monitor.py"
 
 
-def render_server_config(dest: Path, extra_vars: Optional[Dict[str, Any]] = None, vars_file: Path = COMPOSE_VARS) -> Path:
+def render_server_config(
+    dest: Path, extra_vars: Optional[Dict[str, Any]] = None, vars_file: Path = COMPOSE_VARS
+) -> Path:
     """Renders the roles' server templates with their defaults (plus vars_file, plus extra_vars) into dest."""
     dest.mkdir(parents=True, exist_ok=True)
     extra = {"server_config_dest": str(dest), "server_config_vars_file": str(vars_file), **(extra_vars or {})}

@@ -9,6 +9,7 @@ from typing import Any, Dict
 
 import pytest
 import yaml
+
 from server_fixtures import COMMITTED_RENDER, COMPOSE_VARS, ROOT, read_flags, render_server_config
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from server_fixtures import ROOT, RULE_TESTS, read_flags, render_server_config, run_promtool
 
 SERVER_ROLES = ["pushgateway", "prometheus", "grafana"]
@@ -132,7 +133,9 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
     }
     assert alerts["DeviceHighCpu"]["expr"].endswith("> 75")
     assert alerts["DeviceHighMemory"]["expr"].endswith("> 85")
-    assert re.search(r"\b4 \* max by \(job, device_serial\) \(push_monitor_interval_seconds\)", alerts["DeviceSilent"]["expr"])
+    assert re.search(
+        r"\b4 \* max by \(job, device_serial\) \(push_monitor_interval_seconds\)", alerts["DeviceSilent"]["expr"]
+    )
     prometheus_flags = read_flags(dest / "flags" / "prometheus.env")
     assert "--storage.tsdb.retention.time=30d" in prometheus_flags
     assert "--storage.tsdb.retention.size=20GB" in prometheus_flags

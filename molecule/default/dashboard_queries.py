@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Sends every query of the installed Grafana dashboards to Prometheus, as Grafana would, and prints
+JSON: the device_serial dropdown's values and the queries that returned no data.
+
+Runs on the monitoring server (stdlib only). Grafana variables: $device_serial is set to each
+serial in turn, $__rate_interval / $__interval as Grafana computes them for a 1 s step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+STEP_SECONDS = 1
+RANGE_SECONDS = 60
+
+
+def api(prometheus: str, path: str, params: Dict[str, Any]) -> Any:
+    url = f"{prometheus}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{url}: {body}")
+    return body["data"]
+
+
+def has_data(prometheus: str, expr: str, instant: bool) -> bool:
+    if instant:
+        return bool(api(prometheus, "query", {"query": expr})["result"])
+    end = time.time()
+    params = {"query": expr, "start": end - RANGE_SECONDS, "end": end, "step": STEP_SECONDS}
+    return any(series["values"] for series in api(prometheus, "query_range", params)["result"])
+
+
+def targets(dashboard: Dict[str, Any]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    for panel in dashboard["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                yield inner["title"], target
+
+
+def substitute(expr: str, variables: Dict[str, str]) -> str:
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in variables:
+            raise SystemExit(f"dashboard query {expr!r} uses unknown variable ${name}")
+        return variables[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def dropdown(prometheus: str, dashboards: List[Dict[str, Any]]) -> List[str]:
+    for dashboard in dashboards:
+        for variable in dashboard.get("templating", {}).get("list", []):
+            if variable["name"] == "device_serial":
+                match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
+                if not match:
+                    raise SystemExit(f"unexpected variable query {variable['query']!r}")
+                metric, label = match.groups()
+                return sorted(api(prometheus, f"label/{label}/values", {"match[]": metric}))
+    raise SystemExit("no dashboard defines the device_serial variable")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    parser.add_argument("--dashboards", type=Path, required=True, help="directory of the dashboard JSON files")
+    parser.add_argument("--serial", action="append", default=[], help="a device serial (repeat)")
+    parser.add_argument("--scrape-interval-seconds", type=int, default=1, help="the datasource's timeInterval")
+    parser.add_argument("--skip", action="append", default=[], help="skip queries containing this text")
+    parser.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args()
+
+    dashboards = [json.loads(path.read_text()) for path in sorted(args.dashboards.glob("*.json"))]
+    scrape = args.scrape_interval_seconds
+    base = {
+        "__interval": f"{STEP_SECONDS}s",
+        "__rate_interval": f"{max(STEP_SECONDS + scrape, 4 * scrape)}s",
+        "__range": f"{RANGE_SECONDS}s",
+    }
+    queries: List[Tuple[str, bool, str]] = []
+    for dashboard in dashboards:
+        uses_device = "$device_serial" in json.dumps(dashboard)
+        for serial in args.serial if uses_device else [""]:
+            variables = {**base, "device_serial": serial}
+            for title, target in targets(dashboard):
+                expr = substitute(target["expr"], variables)
+                if not any(text in expr for text in args.skip):
+                    label = f"{dashboard['title']} / {title}" + (f" / {serial}" if serial else "")
+                    queries.append((label, bool(target.get("instant")), expr))
+
+    pending = list(queries)
+    deadline = time.monotonic() + args.timeout
+    while pending and time.monotonic() < deadline:
+        pending = [q for q in pending if not has_data(args.prometheus, q[2], q[1])]
+        if pending:
+            time.sleep(1)
+    json.dump(
+        {
+            "dropdown": dropdown(args.prometheus, dashboards),
+            "checked": len(queries),
+            "missing": [f"{label}: {expr}" for label, _, expr in pending],
+        },
+        sys.stdout,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the container base images for Molecule and the lab: mmdebstrap from the Debian archive, then
+# `podman import`. Usage: scripts/images.sh NAME...   (NAME: device-debian12 device-debian13 server-debian12)
+# Each image is tagged localhost/fleet-NAME:latest and labelled with the hash of its recipe: an image
+# whose label matches is reused, so a second run builds nothing and a changed recipe rebuilds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MIRROR=${FLEET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Minimal systemd hosts; python3 because Ansible needs it. No psutil: the role's install must really run.
+BASE_PACKAGES=systemd,systemd-sysv,python3,ca-certificates
+usage() {
+  echo "usage: $0 NAME...   (NAME: device-debian12 device-debian13 server-debian12 server-debian13)" >&2
+  exit 2
+}
+
+# Prints the recipe of image NAME as "suite packages"; the image label is the hash of this line.
+recipe() {
+  case $1 in
+    device-debian12) echo "bookworm $BASE_PACKAGES" ;;
+    device-debian13) echo "trixie $BASE_PACKAGES" ;;
+    # The server components come preinstalled (Debian packages) so the scenarios skip that download.
+    server-debian12) echo "bookworm $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
+    server-debian13) echo "trixie $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
+    *) return 1 ;;
+  esac
+}
+
+# Bump when the build steps below change in a way the recipe line does not show.
+BUILD_VERSION=1
+
+build() {
+  local name=$1 tag="localhost/fleet-$1:latest" suite packages hash current workdir
+  read -r suite packages < <(recipe "$name")
+  hash=$(printf '%s|%s|%s|%s' "$BUILD_VERSION" "$suite" "$packages" "$MIRROR" | sha256sum | cut -c1-16)
+  current=$(podman image inspect --format '{{ index .Labels "fleet.recipe" }}' "$tag" 2>/dev/null || true)
+  if [[ $current == "$hash" ]]; then
+    echo "images: $tag is up to date ($hash)"
+    return 0
+  fi
+  echo "images: building $tag from $suite ($packages)"
+  workdir=$(mktemp -d /var/tmp/fleet-image.XXXXXX)
+  # shellcheck disable=SC2064  # expand now: the trap must remove this build's directory
+  trap "rm -rf '$workdir'" RETURN
+  # No recommends keeps the images small; apt lists are kept out so images stay stable, and the
+  # role refreshes them itself. An empty machine-id lets podman --systemd=always give each
+  # container its own, as a freshly provisioned device would have.
+  mmdebstrap --quiet --variant=minbase --include="$packages" \
+    --aptopt='APT::Install-Recommends "false"' \
+    --customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
+    "$suite" "$workdir/rootfs.tar" "$MIRROR"
+  podman import --quiet \
+    --change 'CMD ["/lib/systemd/systemd"]' \
+    --change "LABEL fleet.recipe=$hash" \
+    --change "LABEL fleet.suite=$suite" \
+    "$workdir/rootfs.tar" "$tag" >/dev/null
+  echo "images: built $tag ($hash)"
+}
+
+(($#)) || usage
+for name in "$@"; do
+  recipe "$name" >/dev/null || usage
+done
+command -v mmdebstrap >/dev/null && command -v podman >/dev/null || {
+  echo "images: mmdebstrap and podman are required; run 'make host' first" >&2
+  exit 1
+}
+# Parallel callers (two scenarios, the lab) wait for each other instead of building the same image twice.
+exec 9>/var/tmp/fleet-images.lock
+flock 9
+for name in "$@"; do
+  build "$name"
+done

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Prints the lab's devices as the Pushgateway sees them: serial, group, job, interval, seconds since
+the last push. Exits 1 when an inventory device has no group at the gateway or has gone silent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import urllib.request
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Dict, List, NamedTuple
+
+DEVICE_GROUPS = ("critical", "regular", "dev")
+
+
+class DeviceRow(NamedTuple):
+    serial: str
+    host: str
+    group: str
+    job: str
+    interval: float
+    age: float
+
+
+def inventory_groups(inventory: str) -> Dict[str, str]:
+    """Maps each device host of the inventory to its device group."""
+    command = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", inventory, "--list"]
+    listing = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    return {host: group for group in DEVICE_GROUPS for host in listing.get(group, {}).get("hosts", [])}
+
+
+def fetch_groups(gateway: str) -> tuple[list, float]:
+    """The gateway's groups and its own clock (Date header), so ages need no synchronised clocks."""
+    with urllib.request.urlopen(gateway.rstrip("/") + "/api/v1/metrics", timeout=5) as response:
+        now = parsedate_to_datetime(response.headers["Date"]).timestamp()
+        return json.load(response)["data"], now
+
+
+def first_value(group: dict, metric: str) -> dict:
+    family = group.get(metric, {}).get("metrics", [])
+    return family[0] if family else {}
+
+
+def device_rows(groups: list, now: float, hosts: Dict[str, str]) -> List[DeviceRow]:
+    rows = []
+    for group in groups:
+        labels = group.get("labels", {})
+        if "device_serial" not in labels:
+            continue
+        info = first_value(group, "push_monitor_interval_seconds")
+        host = info.get("labels", {}).get("hostname", "?")
+        push_time = float(first_value(group, "push_time_seconds").get("value", 0))
+        rows.append(
+            DeviceRow(
+                serial=labels["device_serial"],
+                host=host,
+                group=hosts.get(host, "-"),
+                job=labels.get("job", "?"),
+                interval=float(info.get("value", "nan")),
+                age=max(0.0, now - push_time),
+            )
+        )
+    return sorted(rows, key=lambda row: (DEVICE_GROUPS.index(row.group) if row.group in DEVICE_GROUPS else 9, row.host))
+
+
+def print_table(rows: List[DeviceRow]) -> None:
+    header = ("device_serial", "host", "group", "job", "interval_s", "last_push_s_ago")
+    lines = [header] + [(r.serial, r.host, r.group, r.job, f"{r.interval:g}", f"{r.age:.0f}") for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def problems(rows: List[DeviceRow], hosts: Dict[str, str]) -> List[str]:
+    seen = {row.host: row for row in rows}
+    found = [f"{host} ({group}) has no group at the Pushgateway" for host, group in hosts.items() if host not in seen]
+    # One push interval plus the gateway's whole-second clock: older means the device is silent.
+    found += [f"{row.host} is silent for {row.age:.0f} s" for row in rows if row.age > 3 * row.interval + 2]
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--inventory", required=True)
+    parser.add_argument("--gateway", required=True, help="Pushgateway base URL")
+    args = parser.parse_args()
+    hosts = inventory_groups(args.inventory)
+    groups, now = fetch_groups(args.gateway)
+    rows = device_rows(groups, now, hosts)
+    print_table(rows)
+    issues = problems(rows, hosts)
+    for issue in issues:
+        print(f"lab: {issue}", file=sys.stderr)
+    return 1 if issues else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

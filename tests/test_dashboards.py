@@ -1,0 +1,313 @@
+"""The Grafana dashboards, checked against a real Prometheus holding real pushed data: a real
+Pushgateway and Prometheus (Debian's binaries, the roles' flags and rendered config) on loopback, and
+three simulated devices running files/push_monitor.py. Grafana itself has no package source here;
+every query it would send is sent to Prometheus instead."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import yaml
+
+from conftest import Pushgateway, wait_until
+from server_fixtures import (
+    COMMITTED_RENDER,
+    ROOT,
+    Agent,
+    Prometheus,
+    grafana_rate_interval,
+    iter_targets,
+    load_dashboards,
+    read_flags,
+    render_server_config,
+    substitute,
+)
+
+DATASOURCE_UID = yaml.safe_load((ROOT / "roles" / "grafana" / "defaults" / "main.yml").read_text())[
+    "grafana_datasource_uid"
+]
+# (serial, job, interval): one device per inventory group, shorter intervals to keep the test quick.
+DEVICES = [
+    ("e2e-critical-1", "critical-servers", 1.0),
+    ("e2e-regular-1", "regular-servers", 2.0),
+    ("e2e-dev-1", "dev-machines", 3.0),
+]
+SILENCED = DEVICES[0]
+SILENT_TABLE_RECORD = "job_device_serial:silent_push_age:seconds"
+STEP_SECONDS = 1
+# The queries issue 4 names for each dashboard, exactly.
+REQUIRED_QUERIES = {
+    "device.json": {
+        'total_cpu_usage_percent{device_serial="$device_serial"}',
+        'app_cpu_usage_percent{device_serial="$device_serial"}',
+        'total_memory_usage_percent{device_serial="$device_serial"}',
+        'app_memory_usage_mb{device_serial="$device_serial"}',
+    },
+    "fleet.json": {
+        "sum by (device_serial) (total_cpu_usage_percent)",
+        "topk(1, app_cpu_usage_percent)",
+        "avg by (device_serial) (total_memory_usage_percent)",
+    },
+}
+DROPDOWN_QUERY = "label_values(app_cpu_usage_percent, device_serial)"
+
+
+class Stack:
+    def __init__(self, prometheus: Prometheus, gateway: Pushgateway, agents: List[Agent], render: Path) -> None:
+        self.prometheus = prometheus
+        self.gateway = gateway
+        self.agents = agents
+        self.render = render
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("server-stack")
+    gateway_flags = read_flags(COMMITTED_RENDER / "flags" / "pushgateway.env")
+    gateway = Pushgateway(workdir)
+    # The roles' Pushgateway flags; the fixture class sets its own port, persistence file and admin API.
+    gateway.extra_args = [
+        flag
+        for flag in gateway_flags
+        if not flag.startswith(("--web.listen-address", "--web.enable-admin-api", "--persistence.file"))
+    ]
+    assert "--push.disable-consistency-check" in gateway.extra_args
+    gateway.start()
+    agents: List[Agent] = []
+    prometheus = None
+    try:
+        render = render_server_config(
+            workdir / "render",
+            {
+                "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
+                "prometheus_pushgateway_targets": [gateway.url.split("//", 1)[1]],
+                "prometheus_self_target": "127.0.0.1:9",
+                # Rules every second so that the 3 x 1 s alert shows within the test's patience.
+                "prometheus_evaluation_interval": "1s",
+            },
+        )
+        prometheus = Prometheus(
+            workdir, render / "prometheus" / "prometheus.yml", read_flags(render / "flags" / "prometheus.env")
+        )
+        prometheus.start()
+        for serial, job, interval in DEVICES:
+            agent = Agent(workdir, gateway.url, serial, job, interval)
+            agent.start()
+            agents.append(agent)
+        yield Stack(prometheus, gateway, agents, render)
+    finally:
+        for agent in agents:
+            agent.stop()
+        if prometheus is not None:
+            prometheus.stop()
+        gateway.stop()
+
+
+def dropdown_values(prometheus: Prometheus, dashboard: Dict[str, Any]) -> List[str]:
+    """What Grafana's label_values(metric, label) variable query returns."""
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "device_serial")
+    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
+    assert match, variable["query"]
+    metric, label = match.groups()
+    return sorted(prometheus.api(f"label/{label}/values", **{"match[]": metric}))
+
+
+def panel_queries(dashboard: Dict[str, Any], variables: Dict[str, str]) -> Iterator[tuple]:
+    for panel, target in iter_targets(dashboard):
+        yield panel["title"], target.get("instant", False), substitute(target["expr"], variables)
+
+
+def query_returns_data(prometheus: Prometheus, expr: str, instant: bool) -> bool:
+    if instant:
+        return len(prometheus.instant(expr)) > 0
+    return any(series["values"] for series in prometheus.range(expr, 60, STEP_SECONDS))
+
+
+def wait_for_every_query(prometheus: Prometheus, queries: List[tuple], timeout: float) -> List[str]:
+    """Polls until every (title, instant, expr) returns data; returns the ones that never did."""
+    pending = list(queries)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [q for q in pending if not query_returns_data(prometheus, q[2], q[1])]
+        if pending:
+            time.sleep(0.5)
+    return [f"{title}: {expr}" for title, _, expr in pending]
+
+
+def rfc3339_timestamp(text: str) -> float:
+    """Prometheus' activeAt (nanosecond fractions, Z) as a Unix time."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", text)
+    assert match, text
+    whole = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return whole.timestamp() + float(match.group(2) or 0)
+
+
+def grafana_variables(stack: Stack, device_serial: str = "") -> Dict[str, str]:
+    datasource = stack.render / "grafana" / "provisioning" / "datasources" / "fleet-monitor.yml"
+    rate_interval = grafana_rate_interval(datasource, STEP_SECONDS)
+    return {
+        "device_serial": device_serial,
+        "__rate_interval": rate_interval,
+        "__interval": f"{STEP_SECONDS}s",
+        "__range": "60s",
+    }
+
+
+# Static checks of the dashboard files.
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_QUERIES))
+def test_dashboard_has_the_required_queries(name: str) -> None:
+    dashboard = load_dashboards()[name]
+    exprs = {target["expr"] for _, target in iter_targets(dashboard)}
+    assert REQUIRED_QUERIES[name] <= exprs, REQUIRED_QUERIES[name] - exprs
+
+
+def test_dashboards_use_the_provisioned_datasource_and_unique_ids() -> None:
+    dashboards = load_dashboards()
+    assert sorted(dashboards) == ["device.json", "fleet.json"]
+    assert len({d["uid"] for d in dashboards.values()}) == len(dashboards)
+    for name, dashboard in dashboards.items():
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        for panel, target in iter_targets(dashboard):
+            assert panel["datasource"]["uid"] == DATASOURCE_UID, f"{name}/{panel['title']}"
+            assert target["datasource"]["uid"] == DATASOURCE_UID, f"{name}/{panel['title']}"
+            assert target["expr"].strip(), f"{name}/{panel['title']}: empty query"
+        for variable in dashboard["templating"]["list"]:
+            assert variable["datasource"]["uid"] == DATASOURCE_UID
+
+
+def test_device_dashboard_has_the_device_serial_dropdown() -> None:
+    variables = load_dashboards()["device.json"]["templating"]["list"]
+    assert [v["name"] for v in variables] == ["device_serial"]
+    assert variables[0]["query"]["query"] == DROPDOWN_QUERY
+    assert variables[0]["type"] == "query" and not variables[0]["includeAll"]
+    titles = {panel["title"] for panel in load_dashboards()["device.json"]["panels"]}
+    assert {"Network rates", "Seconds since last push"} <= titles
+
+
+def test_fleet_dashboard_reads_recording_rules_that_exist() -> None:
+    recorded = {
+        rule["record"]
+        for group in yaml.safe_load((COMMITTED_RENDER / "prometheus" / "rules" / "fleet-recording.yml").read_text())[
+            "groups"
+        ]
+        for rule in group["rules"]
+    }
+    used = {
+        name
+        for _, target in iter_targets(load_dashboards()["fleet.json"])
+        for name in re.findall(r"[a-z_]+:[a-z_:]+", target["expr"])
+    }
+    assert used and used <= recorded, used - recorded
+
+
+# Every query against real data.
+
+
+@pytest.mark.integration
+def test_dropdown_lists_exactly_the_pushing_devices(stack: Stack) -> None:
+    dashboard = load_dashboards()["device.json"]
+    expected = sorted(serial for serial, _, _ in DEVICES)
+    wait_until(lambda: dropdown_values(stack.prometheus, dashboard) == expected, 30, 0.5, message="all serials")
+    assert dropdown_values(stack.prometheus, dashboard) == expected
+
+
+@pytest.mark.integration
+def test_every_device_panel_query_returns_data_for_every_device(stack: Stack) -> None:
+    dashboard = load_dashboards()["device.json"]
+    queries = [
+        (f"{serial} / {title}", instant, expr)
+        for serial, _, _ in DEVICES
+        for title, instant, expr in panel_queries(dashboard, grafana_variables(stack, serial))
+    ]
+    assert len(queries) == len(DEVICES) * len(list(iter_targets(dashboard)))
+    missing = wait_for_every_query(stack.prometheus, queries, 45)
+    assert not missing, "queries without data:\n" + "\n".join(missing)
+
+
+@pytest.mark.integration
+def test_device_queries_are_scoped_to_the_selected_device(stack: Stack) -> None:
+    serial = DEVICES[1][0]
+    expr = substitute('total_cpu_usage_percent{device_serial="$device_serial"}', grafana_variables(stack, serial))
+    wait_until(lambda: stack.prometheus.instant(expr), 30, 0.5, message=expr)
+    result = stack.prometheus.instant(expr)
+    assert {series["metric"]["device_serial"] for series in result} == {serial}
+    assert result[0]["metric"]["job"] == DEVICES[1][1], "honor_labels must keep the device's job"
+
+
+@pytest.mark.integration
+def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: Stack) -> None:
+    dashboard = load_dashboards()["fleet.json"]
+    queries = list(panel_queries(dashboard, grafana_variables(stack)))
+    live = [q for q in queries if SILENT_TABLE_RECORD not in q[2]]
+    assert len(live) == len(queries) - 1
+    missing = wait_for_every_query(stack.prometheus, live, 45)
+    assert not missing, "queries without data:\n" + "\n".join(missing)
+    counts = {s["metric"]["job"]: float(s["value"][1]) for s in stack.prometheus.instant("job:devices:count")}
+    assert counts == {job: 1.0 for _, job, _ in DEVICES}
+    assert stack.prometheus.instant(SILENT_TABLE_RECORD) == []
+    assert stack.prometheus.instant('ALERTS{alertname="DeviceSilent"}') == []
+
+
+@pytest.mark.integration
+def test_every_rule_loads(stack: Stack) -> None:
+    groups = stack.prometheus.api("rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == {
+        "DeviceSilent",
+        "PushgatewayDown",
+        "DeviceHighCpu",
+        "DeviceHighMemory",
+    }
+    wait_until(
+        lambda: all(r["health"] == "ok" for g in stack.prometheus.api("rules")["groups"] for r in g["rules"]),
+        15,
+        0.5,
+        message="every rule evaluated with health ok",
+    )
+
+
+@pytest.mark.integration
+def test_stopped_device_fires_device_silent_and_fills_the_silent_table(stack: Stack) -> None:
+    """Runs last in this module: it stops the critical device's agent."""
+    serial, job, interval = SILENCED
+    # Everyone was live before: the alert below is caused by the stop.
+    wait_until(
+        lambda: len(stack.prometheus.instant("job_device_serial:push_age:seconds")) == len(DEVICES),
+        30,
+        0.5,
+        message="push ages for all devices",
+    )
+    assert stack.prometheus.instant('ALERTS{alertname="DeviceSilent"}') == []
+    next(agent for agent in stack.agents if agent.serial == serial).stop()
+    last_push = stack.gateway.push_time(job, serial)
+    assert last_push is not None
+
+    def firing() -> List[Dict[str, Any]]:
+        return stack.prometheus.instant('ALERTS{alertname="DeviceSilent",alertstate="firing"}')
+
+    wait_until(firing, 30, 0.5, message="DeviceSilent firing")
+    alerts = firing()
+    assert [(a["metric"]["device_serial"], a["metric"]["job"]) for a in alerts] == [(serial, job)]
+    active = stack.prometheus.api("alerts")["alerts"]
+    [silent_alert] = [a for a in active if a["labels"]["alertname"] == "DeviceSilent"]
+    active_at = rfc3339_timestamp(silent_alert["activeAt"])
+    assert active_at - last_push > 3 * interval, "fired before 3 x the device's own interval had passed"
+    # The fleet dashboard: every panel, the silent devices table included, now has data.
+    dashboard = load_dashboards()["fleet.json"]
+    missing = wait_for_every_query(stack.prometheus, list(panel_queries(dashboard, grafana_variables(stack))), 30)
+    assert not missing, "queries without data:\n" + "\n".join(missing)
+    silent = stack.prometheus.instant(SILENT_TABLE_RECORD)
+    assert [s["metric"]["device_serial"] for s in silent] == [serial]
+    # A silent device's last values stay at the gateway: its device dashboard still answers.
+    device_dashboard = load_dashboards()["device.json"]
+    queries = list(panel_queries(device_dashboard, grafana_variables(stack, serial)))
+    missing = wait_for_every_query(stack.prometheus, queries, 10)
+    assert not missing, "queries without data:\n" + "\n".join(missing)

@@ -1,0 +1,67 @@
+"""Bad variables for the server roles stop the play in preflight, before any change, with a message
+that names the variable. Runs only the roles' preflight (and argument spec) tasks, on localhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from server_fixtures import ROOT
+
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+GOOD = {"grafana_admin_password": "a-long-secret"}
+CASES = [
+    ("grafana", {"grafana_admin_password": ""}, "grafana_admin_password"),
+    ("grafana", {"grafana_admin_password": "admin"}, "grafana_admin_password"),
+    ("pushgateway", {"pushgateway_install_method": "archive"}, "pushgateway_archive_sha256"),
+    ("pushgateway", {"pushgateway_install_method": "snap"}, "pushgateway_install_method"),
+    ("pushgateway", {"pushgateway_persistence_interval": "often"}, "pushgateway_persistence_interval"),
+    ("prometheus", {"prometheus_retention_time": "two weeks"}, "prometheus_retention_time"),
+    ("prometheus", {"prometheus_alert_cpu_threshold_percent": 150}, "prometheus_alert_cpu_threshold_percent"),
+    ("prometheus", {"prometheus_remote_write": [{"name": "no-url"}]}, "prometheus_remote_write"),
+    ("prometheus", {"prometheus_pushgateway_scheme": "ftp"}, "prometheus_pushgateway_scheme"),
+]
+
+
+def run_preflight(tmp_path: Path, role: str, extra_vars: Dict[str, Any]) -> subprocess.CompletedProcess:
+    playbook = tmp_path / "preflight.yml"
+    playbook.write_text(
+        f"- hosts: localhost\n  connection: local\n  gather_facts: true\n  roles:\n    - role: {role}\n"
+    )
+    vars_file = tmp_path / "vars.json"
+    vars_file.write_text(json.dumps({**GOOD, **extra_vars}))
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    return subprocess.run(
+        [ANSIBLE_PLAYBOOK, str(playbook), "--tags", f"{role}_preflight", "-e", f"@{vars_file}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("role", ["pushgateway", "prometheus", "grafana"])
+def test_defaults_pass_preflight(tmp_path: Path, role: str) -> None:
+    result = run_preflight(tmp_path, role, {})
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("role", "bad", "named"), CASES, ids=[f"{case[0]}-{case[2]}" for case in CASES])
+def test_bad_variable_stops_in_preflight_naming_it(tmp_path: Path, role: str, bad: Dict[str, Any], named: str) -> None:
+    result = run_preflight(tmp_path, role, bad)
+    assert result.returncode != 0, result.stdout[-3000:]
+    failed = [line for line in result.stdout.splitlines() if "fatal:" in line or "ERROR" in line or "msg" in line]
+    assert named in result.stdout, "\n".join(failed) or result.stdout[-3000:]
