@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local lab: a Pushgateway container and three device containers (critical, regular, dev) on
-# a podman network of their own, rolled out with `ansible-playbook -i inventory/lab site.yml`.
+# The local lab: a monitoring server container (Pushgateway, Prometheus, and Grafana where its
+# package source is reachable) and three device containers (critical, regular, dev) on a podman
+# network of their own, rolled out with `ansible-playbook -i inventory/lab site.yml`.
 #   scripts/lab.sh up     create or reuse the containers, run site.yml, print the device table
 #   scripts/lab.sh down   remove the containers, the network and their cached facts
 # Safe to rerun: existing containers are reused and the playbook is idempotent.
@@ -45,10 +46,11 @@ wait_for_systemd() {
   return 1
 }
 
-gateway_url() {
+# URL of a port on the server container (Pushgateway 9091, Prometheus 9090, Grafana 3000).
+server_url() {
   local ip
   ip=$(podman inspect --format "{{ (index .NetworkSettings.Networks \"$NETWORK\").IPAddress }}" "$GATEWAY")
-  echo "http://$ip:9091"
+  echo "http://$ip:$1"
 }
 
 up() {
@@ -65,8 +67,16 @@ up() {
   fi
   log "rolling out: ansible-playbook -i inventory/lab site.yml"
   "$BIN/ansible-playbook" -i inventory/lab "${skip[@]}" site.yml
-  "$BIN/python" scripts/lab_table.py --inventory inventory/lab --gateway "$(gateway_url)"
-  log "Pushgateway: $(gateway_url)   (remove the lab with: make lab-down)"
+  # The device table as Prometheus sees it: scraped from the gateway, ages from the recording rule.
+  "$BIN/python" scripts/lab_table.py --inventory inventory/lab --prometheus "$(server_url 9090)" --wait 30
+  log "Prometheus:  $(server_url 9090)   (alerts: $(server_url 9090)/alerts)"
+  log "Pushgateway: $(server_url 9091)"
+  if podman exec "$GATEWAY" systemctl is-active --quiet grafana-server 2>/dev/null; then
+    log "Grafana:     $(server_url 3000)   (admin / admin, lab only)"
+  else
+    log "Grafana:     not installed (its package source is unreachable); dashboards: server/grafana/dashboards/"
+  fi
+  log "remove the lab with: make lab-down"
 }
 
 down() {

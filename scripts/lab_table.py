@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Prints the lab's devices as the Pushgateway sees them: serial, group, job, interval, seconds since
-the last push. Exits 1 when an inventory device has no group at the gateway or has gone silent."""
+"""Prints the lab's devices: serial, group, job, interval, seconds since the last push, as Prometheus
+sees them (--prometheus) or as the Pushgateway does (--gateway). Exits 1 when an inventory device is
+missing or has gone silent."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import argparse
 import json
 import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -44,6 +47,40 @@ def first_value(group: dict, metric: str) -> dict:
     return family[0] if family else {}
 
 
+def prometheus_query(prometheus: str, expr: str) -> list:
+    url = prometheus.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)["data"]["result"]
+
+
+def prometheus_rows(prometheus: str, hosts: Dict[str, str]) -> List[DeviceRow]:
+    """Rows from what Prometheus scraped: each device's interval (with its hostname) and the
+    recording rule job_device_serial:push_age:seconds that the fleet dashboard reads."""
+    ages = {
+        (s["metric"]["job"], s["metric"]["device_serial"]): float(s["value"][1])
+        for s in prometheus_query(prometheus, "job_device_serial:push_age:seconds")
+    }
+    rows = []
+    for series in prometheus_query(prometheus, "push_monitor_interval_seconds"):
+        labels = series["metric"]
+        host = labels.get("hostname", "?")
+        rows.append(
+            DeviceRow(
+                serial=labels["device_serial"],
+                host=host,
+                group=hosts.get(host, "-"),
+                job=labels.get("job", "?"),
+                interval=float(series["value"][1]),
+                age=max(0.0, ages.get((labels.get("job"), labels["device_serial"]), float("nan"))),
+            )
+        )
+    return sort_rows(rows)
+
+
+def sort_rows(rows: List[DeviceRow]) -> List[DeviceRow]:
+    return sorted(rows, key=lambda row: (DEVICE_GROUPS.index(row.group) if row.group in DEVICE_GROUPS else 9, row.host))
+
+
 def device_rows(groups: list, now: float, hosts: Dict[str, str]) -> List[DeviceRow]:
     rows = []
     for group in groups:
@@ -63,7 +100,7 @@ def device_rows(groups: list, now: float, hosts: Dict[str, str]) -> List[DeviceR
                 age=max(0.0, now - push_time),
             )
         )
-    return sorted(rows, key=lambda row: (DEVICE_GROUPS.index(row.group) if row.group in DEVICE_GROUPS else 9, row.host))
+    return sort_rows(rows)
 
 
 def print_table(rows: List[DeviceRow]) -> None:
@@ -74,9 +111,9 @@ def print_table(rows: List[DeviceRow]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
-def problems(rows: List[DeviceRow], hosts: Dict[str, str]) -> List[str]:
+def problems(rows: List[DeviceRow], hosts: Dict[str, str], source: str) -> List[str]:
     seen = {row.host: row for row in rows}
-    found = [f"{host} ({group}) has no group at the Pushgateway" for host, group in hosts.items() if host not in seen]
+    found = [f"{host} ({group}) is missing from {source}" for host, group in hosts.items() if host not in seen]
     # One push interval plus the gateway's whole-second clock: older means the device is silent.
     found += [f"{row.host} is silent for {row.age:.0f} s" for row in rows if row.age > 3 * row.interval + 2]
     return found
@@ -85,13 +122,26 @@ def problems(rows: List[DeviceRow], hosts: Dict[str, str]) -> List[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inventory", required=True)
-    parser.add_argument("--gateway", required=True, help="Pushgateway base URL")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prometheus", help="Prometheus base URL: the table as Prometheus sees it")
+    source.add_argument("--gateway", help="Pushgateway base URL: the table as the gateway sees it")
+    parser.add_argument("--wait", type=float, default=0, help="seconds to wait for every device to show up")
     args = parser.parse_args()
     hosts = inventory_groups(args.inventory)
-    groups, now = fetch_groups(args.gateway)
-    rows = device_rows(groups, now, hosts)
+    name = "Prometheus" if args.prometheus else "the Pushgateway"
+    deadline = time.monotonic() + args.wait
+    while True:
+        if args.prometheus:
+            rows = prometheus_rows(args.prometheus, hosts)
+        else:
+            groups, now = fetch_groups(args.gateway)
+            rows = device_rows(groups, now, hosts)
+        issues = problems(rows, hosts, name)
+        # Right after a rollout Prometheus needs a scrape and a rule evaluation to see new devices.
+        if not issues or time.monotonic() >= deadline:
+            break
+        time.sleep(1)
     print_table(rows)
-    issues = problems(rows, hosts)
     for issue in issues:
         print(f"lab: {issue}", file=sys.stderr)
     return 1 if issues else 0

@@ -11,8 +11,6 @@ import yaml
 
 from server_fixtures import ROOT, RULE_TESTS, read_flags, render_server_config, run_promtool
 
-SERVER_ROLES = ["pushgateway", "prometheus", "grafana"]
-
 
 @pytest.fixture(scope="module")
 def default_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -142,27 +140,3 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
     gateway_flags = read_flags(dest / "flags" / "pushgateway.env")
     assert "--push.disable-consistency-check" not in gateway_flags
     assert "--web.config.file=/etc/prometheus/pushgateway-web.yml" in gateway_flags
-
-
-@pytest.mark.parametrize("role", SERVER_ROLES)
-def test_argument_specs_equal_defaults(role: str) -> None:
-    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
-    spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
-    options = spec["argument_specs"]["main"]["options"]
-    assert set(options) == set(defaults)
-    for name, value in defaults.items():
-        assert name.startswith(f"{role}_"), f"{name} is not prefixed with the role name"
-        assert options[name]["default"] == value, name
-        assert options[name].get("description"), f"{name} has no description"
-        python_type = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict, "float": (int, float)}
-        assert isinstance(value, python_type[options[name]["type"]]), name
-        if "choices" in options[name]:
-            assert value in options[name]["choices"], name
-
-
-@pytest.mark.parametrize("role", SERVER_ROLES)
-def test_role_readme_documents_every_variable(role: str) -> None:
-    readme = (ROOT / "roles" / role / "README.md").read_text()
-    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
-    missing = [name for name in defaults if f"`{name}`" not in readme]
-    assert not missing, f"roles/{role}/README.md does not document {missing}"
