@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,11 +12,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import Pushgateway, agent_command, agent_env, run_agent, wait_until
+from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -294,3 +297,50 @@ def test_version_and_help() -> None:
     ):
         assert flag in helptext
     assert sys.executable
+
+
+# ---------------------------------------------------------------------------- other interpreters and library versions
+
+COMPAT_TARGETS = {
+    # Ubuntu 22.04 ships Python 3.10 with python3-psutil 5.9.0 and python3-prometheus-client 0.9.0.
+    "ubuntu-22.04": ("python3.10", ["psutil==5.9.0", "prometheus_client==0.9.0"]),
+    # The oldest Python the agent supports, with today's pinned libraries.
+    "python-3.9": ("python3.9", ["-r", str(ROOT / "files" / "requirements.txt")]),
+}
+
+
+def find_interpreter(name: str) -> Optional[str]:
+    """A working interpreter of that name (pyenv shims exist for versions that are not enabled)."""
+    candidates = [
+        f"/usr/bin/{name}",
+        *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/*/bin/{name}"))),
+        shutil.which(name),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.exists(candidate) and subprocess.run([candidate, "-c", "import venv"]).returncode == 0:
+            return candidate
+    return None
+
+
+def compat_python(name: str) -> str:
+    """A venv (cached under .cache/compat/) with that interpreter and those library versions."""
+    interpreter, requirements = COMPAT_TARGETS[name]
+    found = find_interpreter(interpreter)
+    if found is None:
+        pytest.skip(f"no {interpreter} interpreter on this host to check {name} compatibility")
+    venv = ROOT / ".cache" / "compat" / name
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if not stamp.exists() or stamp.read_text() != repr(requirements):
+        subprocess.run([found, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True, timeout=600)
+        stamp.write_text(repr(requirements))
+    return str(python)
+
+
+@pytest.mark.parametrize("name", sorted(COMPAT_TARGETS))
+def test_agent_runs_with_older_interpreters_and_libraries(pushgateway: Pushgateway, name: str) -> None:
+    python = compat_python(name)
+    result = run_agent("--once", "--pushgateway", pushgateway.url, "--device-serial", name, python=python)
+    assert result.returncode == 0, result.stderr
+    assert set(metric_families(pushgateway.group("device-metrics", name))) == EXPECTED_METRICS | GATEWAY_METRICS
