@@ -63,18 +63,20 @@ def prometheus_rows(prometheus: str, hosts: Dict[str, str]) -> List[DeviceRow]:
     rows = []
     for series in prometheus_query(prometheus, "push_monitor_interval_seconds"):
         labels = series["metric"]
-        host = labels.get("hostname", "?")
-        rows.append(
-            DeviceRow(
-                serial=labels["device_serial"],
-                host=host,
-                group=hosts.get(host, "-"),
-                job=labels.get("job", "?"),
-                interval=float(series["value"][1]),
-                age=max(0.0, ages.get((labels.get("job"), labels["device_serial"]), float("nan"))),
-            )
-        )
+        age = ages.get((labels.get("job"), labels["device_serial"]), float("nan"))
+        rows.append(device_row(labels, labels.get("hostname", "?"), hosts, float(series["value"][1]), age))
     return sort_rows(rows)
+
+
+def device_row(labels: dict, host: str, hosts: Dict[str, str], interval: float, age: float) -> DeviceRow:
+    return DeviceRow(
+        serial=labels["device_serial"],
+        host=host,
+        group=hosts.get(host, "-"),
+        job=labels.get("job", "?"),
+        interval=interval,
+        age=max(0.0, age),
+    )
 
 
 def sort_rows(rows: List[DeviceRow]) -> List[DeviceRow]:
@@ -90,16 +92,7 @@ def device_rows(groups: list, now: float, hosts: Dict[str, str]) -> List[DeviceR
         info = first_value(group, "push_monitor_interval_seconds")
         host = info.get("labels", {}).get("hostname", "?")
         push_time = float(first_value(group, "push_time_seconds").get("value", 0))
-        rows.append(
-            DeviceRow(
-                serial=labels["device_serial"],
-                host=host,
-                group=hosts.get(host, "-"),
-                job=labels.get("job", "?"),
-                interval=float(info.get("value", "nan")),
-                age=max(0.0, now - push_time),
-            )
-        )
+        rows.append(device_row(labels, host, hosts, float(info.get("value", "nan")), now - push_time))
     return sort_rows(rows)
 
 
