@@ -35,8 +35,8 @@ molecule: setup
 	done
 
 lint: venv
-	$(BIN)/ruff check files tests bench scripts
-	$(BIN)/ruff format --check files tests bench scripts
+	$(BIN)/ruff check files tests bench scripts molecule
+	$(BIN)/ruff format --check files tests bench scripts molecule
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 
