@@ -41,6 +41,18 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
+def stop_process(process: Optional[subprocess.Popen], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within timeout seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def http_get(
     url: str, timeout: float = 2.0, auth: Optional[Tuple[str, str]] = None, ca_file: Optional[str] = None
 ) -> bytes:
@@ -90,9 +102,7 @@ class Pushgateway:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        stop_process(self.process)
         self.process = None
 
     def get(self, path: str, timeout: float = 2.0) -> bytes:

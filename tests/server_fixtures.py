@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
-from conftest import ROOT, free_port, http_get, wait_until
+from conftest import ROOT, agent_command, agent_env, free_port, http_get, stop_process, wait_until
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
@@ -31,7 +30,6 @@ COMPOSE_VARS = ROOT / "server" / "compose-vars.yml"
 COMMITTED_RENDER = ROOT / "server" / "compose"
 DASHBOARDS_DIR = ROOT / "server" / "grafana" / "dashboards"
 RULE_TESTS = ROOT / "server" / "prometheus" / "tests" / "fleet-rules.test.yml"
-AGENT = ROOT / "files" / "push_monitor.py"
 
 
 def render_server_config(
@@ -119,13 +117,7 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 15)
         self.process = None
 
     def api(self, path: str, **params: Any) -> Any:
@@ -152,9 +144,7 @@ class Agent:
         self.interval = interval
         self.log = workdir / f"agent-{serial}.log"
         self.state_dir = workdir / f"state-{serial}"
-        self.args = [
-            sys.executable,
-            str(AGENT),
+        self.args = agent_command(
             "--pushgateway",
             gateway_url,
             "--interval",
@@ -167,22 +157,17 @@ class Agent:
             "5",
             "--state-dir",
             str(self.state_dir),
-        ]
+        )
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSH", "DEVICE_", "TOP_N", "LOG_LEVEL"))}
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=env)
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=agent_env()
+        )
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self.process = None
 
 
