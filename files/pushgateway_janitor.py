@@ -50,7 +50,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--username", default=os.environ.get("PUSHGATEWAY_USERNAME"), help="[env PUSHGATEWAY_USERNAME]")
     parser.add_argument(
-        "--password-file", default=os.environ.get("PUSHGATEWAY_PASSWORD_FILE"), help="[env PUSHGATEWAY_PASSWORD_FILE]"
+        "--password-file",
+        default=os.environ.get("PUSHGATEWAY_PASSWORD_FILE"),
+        help="[env PUSHGATEWAY_PASSWORD_FILE; else env PUSHGATEWAY_PASSWORD]",
     )
     parser.add_argument("--ca-file", default=os.environ.get("PUSHGATEWAY_CA_FILE"), help="[env PUSHGATEWAY_CA_FILE]")
     parser.add_argument("--dry-run", action="store_true", help="list what would be deleted")
@@ -123,7 +125,8 @@ class Gateway:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    password = None
+    # A file wins over the environment; the password is never a flag (the process list shows flags).
+    password = os.environ.get("PUSHGATEWAY_PASSWORD")
     if args.password_file:
         try:
             with open(args.password_file, encoding="utf-8") as handle:

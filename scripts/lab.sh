@@ -19,6 +19,8 @@ declare -A IMAGES=(
 )
 CONTAINERS=("$GATEWAY" fleet-lab-critical fleet-lab-regular fleet-lab-dev)
 BIN=${BIN:-$PWD/.venv/bin}
+# The fleet_pki role's controller directory: the lab's CA and generated passwords.
+PKI=$PWD/.cache/pki
 
 log() { echo "lab: $*"; }
 
@@ -46,11 +48,17 @@ wait_for_systemd() {
   return 1
 }
 
-# URL of a port on the server container (Pushgateway 9091, Prometheus 9090, Grafana 3000).
+# The server container's address on the lab network, as this machine reaches it.
+server_ip() {
+  podman inspect --format "{{ (index .NetworkSettings.Networks \"$NETWORK\").IPAddress }}" "$GATEWAY"
+}
+
+# URL of a port on the server container: Pushgateway 9091 and Prometheus 9090 serve TLS (the lab's
+# internal CA in .cache/pki), Grafana 3000 plain HTTP.
 server_url() {
-  local ip
-  ip=$(podman inspect --format "{{ (index .NetworkSettings.Networks \"$NETWORK\").IPAddress }}" "$GATEWAY")
-  echo "http://$ip:$1"
+  local scheme=https
+  [[ $1 == 3000 ]] && scheme=http
+  echo "$scheme://$(server_ip):$1"
 }
 
 up() {
@@ -65,12 +73,19 @@ up() {
     log "Grafana's package repository (apt.grafana.com) is unreachable: going on without Grafana"
     skip=(--skip-tags grafana_install)
   fi
+  # The server certificate also names the container's address, which this machine uses (the
+  # devices use its name).
+  local names
+  names=$(printf '{"fleet_pki_server_names": ["%s"]}' "$(server_ip)")
   log "rolling out: ansible-playbook -i inventory/lab site.yml"
-  "$BIN/ansible-playbook" -i inventory/lab "${skip[@]}" site.yml
+  "$BIN/ansible-playbook" -i inventory/lab "${skip[@]}" -e "$names" site.yml
   # The device table as Prometheus sees it: scraped from the gateway, ages from the recording rule.
-  "$BIN/python" scripts/lab_table.py --inventory inventory/lab --prometheus "$(server_url 9090)" --wait 30
+  "$BIN/python" scripts/lab_table.py --inventory inventory/lab --prometheus "$(server_url 9090)" --wait 30 \
+    --ca-file "$PKI/ca.crt" --username fleet-read --password-file "$PKI/read-password"
   log "Prometheus:  $(server_url 9090)   (alerts: $(server_url 9090)/alerts)"
   log "Pushgateway: $(server_url 9091)"
+  log "TLS and logins: CA $PKI/ca.crt; user fleet-read, password in $PKI/read-password"
+  log "  e.g. curl --cacert $PKI/ca.crt -u fleet-read:\$(cat $PKI/read-password) $(server_url 9090)/api/v1/targets"
   if podman exec "$GATEWAY" systemctl is-active --quiet grafana-server 2>/dev/null; then
     log "Grafana:     $(server_url 3000)   (admin / admin, lab only)"
   else

@@ -6,7 +6,9 @@ missing or has gone silent."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import ssl
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import urllib.parse
 import urllib.request
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 DEVICE_GROUPS = ("critical", "regular", "dev")
 
@@ -35,9 +37,24 @@ def inventory_groups(inventory: str) -> Dict[str, str]:
     return {host: group for group in DEVICE_GROUPS for host in listing.get(group, {}).get("hosts", [])}
 
 
-def fetch_groups(gateway: str) -> tuple[list, float]:
+class Endpoint:
+    """A server base URL with the lab's login and CA (both optional: the plain-HTTP set-up has neither)."""
+
+    def __init__(self, url: str, username: Optional[str], password: Optional[str], ca_file: Optional[str]) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {}
+        if username:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.context = ssl.create_default_context(cafile=ca_file) if self.url.startswith("https") else None
+
+    def get(self, path: str):
+        request = urllib.request.Request(self.url + path, headers=self.headers)
+        return urllib.request.urlopen(request, timeout=5, context=self.context)
+
+
+def fetch_groups(gateway: Endpoint) -> tuple[list, float]:
     """The gateway's groups and its own clock (Date header), so ages need no synchronised clocks."""
-    with urllib.request.urlopen(gateway.rstrip("/") + "/api/v1/metrics", timeout=5) as response:
+    with gateway.get("/api/v1/metrics") as response:
         now = parsedate_to_datetime(response.headers["Date"]).timestamp()
         return json.load(response)["data"], now
 
@@ -47,13 +64,12 @@ def first_value(group: dict, metric: str) -> dict:
     return family[0] if family else {}
 
 
-def prometheus_query(prometheus: str, expr: str) -> list:
-    url = prometheus.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as response:
+def prometheus_query(prometheus: Endpoint, expr: str) -> list:
+    with prometheus.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr})) as response:
         return json.load(response)["data"]["result"]
 
 
-def prometheus_rows(prometheus: str, hosts: Dict[str, str]) -> List[DeviceRow]:
+def prometheus_rows(prometheus: Endpoint, hosts: Dict[str, str]) -> List[DeviceRow]:
     """Rows from what Prometheus scraped: each device's interval (with its hostname) and the
     recording rule job_device_serial:push_age:seconds that the fleet dashboard reads."""
     ages = {
@@ -119,15 +135,20 @@ def main() -> int:
     source.add_argument("--prometheus", help="Prometheus base URL: the table as Prometheus sees it")
     source.add_argument("--gateway", help="Pushgateway base URL: the table as the gateway sees it")
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait for every device to show up")
+    parser.add_argument("--ca-file", help="CA certificate that signed the server's (https)")
+    parser.add_argument("--username", help="basic auth user")
+    parser.add_argument("--password-file", type=Path, help="file holding the basic auth password")
     args = parser.parse_args()
+    password = args.password_file.read_text().strip() if args.password_file else None
+    endpoint = Endpoint(args.prometheus or args.gateway, args.username, password, args.ca_file)
     hosts = inventory_groups(args.inventory)
     name = "Prometheus" if args.prometheus else "the Pushgateway"
     deadline = time.monotonic() + args.wait
     while True:
         if args.prometheus:
-            rows = prometheus_rows(args.prometheus, hosts)
+            rows = prometheus_rows(endpoint, hosts)
         else:
-            groups, now = fetch_groups(args.gateway)
+            groups, now = fetch_groups(endpoint)
             rows = device_rows(groups, now, hosts)
         issues = problems(rows, hosts, name)
         # Right after a rollout Prometheus needs a scrape and a rule evaluation to see new devices.

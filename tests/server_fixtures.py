@@ -16,7 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
@@ -68,6 +68,18 @@ def replace_flags(flags: List[str], overrides: Dict[str, str]) -> List[str]:
     return kept + [f"{name}={value}" for name, value in overrides.items()]
 
 
+def pushgateway_role_args(env_file: Path) -> List[str]:
+    """The roles' Pushgateway flags from a rendered /etc/default file, minus the ones conftest's
+    Pushgateway sets itself (its own port, persistence file and admin API)."""
+    own = ("--web.listen-address", "--web.enable-admin-api", "--persistence.file")
+    return [flag for flag in read_flags(env_file) if not flag.startswith(own)]
+
+
+def host_port(url: str) -> str:
+    """host:port of an http(s) URL, as a Prometheus static target."""
+    return urllib.parse.urlsplit(url).netloc
+
+
 def run_promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PROMTOOL_BIN, *args], capture_output=True, text=True, timeout=120)
 
@@ -85,10 +97,11 @@ def iter_targets(dashboard: Dict[str, Any]) -> Iterator[tuple]:
 
 
 class Prometheus:
-    """A real Prometheus process with the given config, storage in workdir, on a free loopback port."""
+    """A real Prometheus process with the given config, storage in workdir, on a free loopback port
+    (or on port, when its config must name its own address before it starts)."""
 
-    def __init__(self, workdir: Path, config: Path, flags: List[str]) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, config: Path, flags: List[str], port: Optional[int] = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         self.log = workdir / "prometheus.log"
@@ -133,6 +146,22 @@ class Prometheus:
     def range(self, expr: str, seconds: float, step: float) -> List[Dict[str, Any]]:
         end = time.time()
         return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
+
+
+Samples = Dict[Tuple[Tuple[str, str], ...], List[Tuple[float, str]]]
+
+
+def raw_samples(prometheus: Prometheus, expr: str, at: float) -> Samples:
+    """The raw samples (timestamp, value as Prometheus prints it) of a range selector such as
+    'metric[60s]' evaluated at a fixed time, keyed by each series' sorted labels; stale markers are
+    not samples and Prometheus leaves them out."""
+    data = prometheus.api("query", query=expr, time=f"{at:.3f}")
+    if data["resultType"] != "matrix":
+        raise AssertionError(f"{expr!r} is not a range selector: {data['resultType']}")
+    return {
+        tuple(sorted(series["metric"].items())): [(float(ts), value) for ts, value in series["values"]]
+        for series in data["result"]
+    }
 
 
 class Agent:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Pushgateway, agent_command, agent_env, run_agent, wait_until
+from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +165,26 @@ def test_wrong_password_logs_one_auth_error_and_keeps_retrying(secure_gateway: P
     wait_until(
         lambda: secure_gateway.group("device-metrics", "wrong-pw") is None, 1, message="no group for a rejected device"
     )
+
+
+def test_janitor_logs_in_from_its_environment_and_verifies_the_ca(secure_gateway: Pushgateway) -> None:
+    """The role's janitor unit passes the login in the environment (a root-only EnvironmentFile)."""
+    janitor_path = str(ROOT / "files" / "pushgateway_janitor.py")
+    serial = "janitor-tls-old"
+    pushed = run_agent(
+        "--once", "--pushgateway", secure_gateway.url, "--device-serial", serial, "--ca-file", secure_gateway.ca_file,
+        env={"PUSHGATEWAY_USERNAME": USER, "PUSHGATEWAY_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    time.sleep(2.5)
+    command = [sys.executable, janitor_path, "--pushgateway", secure_gateway.url, "--max-age", "2"]
+    anonymous = subprocess.run(
+        command + ["--ca-file", secure_gateway.ca_file], capture_output=True, text=True, timeout=60, env=agent_env()
+    )
+    assert anonymous.returncode == 1 and "401" in anonymous.stderr and "Traceback" not in anonymous.stderr
+    logged_in = subprocess.run(
+        command + ["--ca-file", secure_gateway.ca_file], capture_output=True, text=True, timeout=60,
+        env=agent_env({"PUSHGATEWAY_USERNAME": USER, "PUSHGATEWAY_PASSWORD": PASSWORD}),
+    )  # fmt: skip
+    assert logged_in.returncode == 0, logged_in.stderr
+    wait_until(lambda: secure_gateway.group("device-metrics", serial) is None, 5, message="stale group deleted")

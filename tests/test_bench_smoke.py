@@ -1,7 +1,9 @@
-"""The benchmark runs end to end in its quick mode and reports all three subjects and the three targets.
+"""The benchmark runs end to end in its quick mode and reports all four subjects, the three targets and the
+cost of TLS.
 
 No timing is asserted here (speed targets live in bench/); this proves the benchmark itself works:
-real Pushgateways, the real agent, the naive agent and a real node_exporter, and that it cleans up.
+real Pushgateways (one served over TLS with basic auth), the real agent over http and https, the naive
+agent and a real node_exporter, and that it cleans up.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def processes_marked(marker: str) -> List[int]:
     return found
 
 
-def test_quick_run_reports_three_subjects_and_three_targets() -> None:
+def test_quick_run_reports_four_subjects_three_targets_and_the_tls_cost() -> None:
     marker = f"AGENT_COST_SMOKE={uuid.uuid4().hex}"
     name, value = marker.split("=")
     result = subprocess.run(
@@ -51,7 +53,13 @@ def test_quick_run_reports_three_subjects_and_three_targets() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     rows = {}
-    for label in ("agent (files/push_monitor.py)", "naive (bench/naive_agent.py)", "node_exporter"):
+    labels = (
+        "agent (files/push_monitor.py)",
+        "agent over TLS + basic auth (same script)",
+        "naive (bench/naive_agent.py)",
+        "node_exporter",
+    )
+    for label in labels:
         match = re.search(re.escape(label) + r".*?" + ROW, out, re.MULTILINE)
         assert match, f"no table row for {label}:\n{out}"
         rows[label] = match.groups()
@@ -63,9 +71,14 @@ def test_quick_run_reports_three_subjects_and_three_targets() -> None:
         r"agent CPU/cycle / node_exporter CPU/scrape = [\d.]+ .*target <= 1 .*(PASS|MISS)",
         r"agent CPU/cycle / naive CPU/cycle += [\d.]+ .*target <= 0\.5 .*(PASS|MISS)",
         r"agent peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
+        r"agent TLS CPU/cycle / agent CPU/cycle += [\d.]+ ",
+        r"agent TLS peak RSS / agent peak RSS += [\d.]+ ",
+        r"agent TLS peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
     ]
     for pattern in ratio_lines:
         assert re.search(pattern, out), f"missing ratio line /{pattern}/:\n{out}"
+    # Both agents pushed over one kept-alive connection each: the TLS handshake stays out of the window.
+    assert re.search(r"agent-tls: local port \d+ at the window's start, \d+ at its end \(one connection kept", out), out
     assert re.search(r"processes on the host during the window: \d+-\d+", out)
     assert "Python 3." in out
     assert processes_marked(marker) == [], "the benchmark left processes behind"

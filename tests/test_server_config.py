@@ -99,6 +99,10 @@ def test_promtool_unit_tests_catch_a_changed_rule(tmp_path: Path) -> None:
 
 
 def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
+    # promtool checks that a scrape's CA file exists: the one the role would install.
+    config_dir = tmp_path / "etc-prometheus"
+    (config_dir / "tls").mkdir(parents=True)
+    (config_dir / "tls" / "ca.crt").write_text("placeholder: promtool only checks that it exists\n")
     dest = render_server_config(
         tmp_path / "out",
         {
@@ -114,6 +118,13 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
             "prometheus_alertmanager_targets": ["am:9093"],
             "pushgateway_push_disable_consistency_check": False,
             "pushgateway_web_config_file": "/etc/prometheus/pushgateway-web.yml",
+            "pushgateway_basic_auth_users": {"fleet-push": "push-password-1"},
+            "prometheus_config_dir": str(config_dir),
+            "prometheus_tls_cert_file": "/controller/server.crt",
+            "prometheus_tls_ca_file": "/controller/ca.crt",
+            "prometheus_basic_auth_users": {"fleet-read": "read-password-1"},
+            "prometheus_pushgateway_scheme": "https",
+            "prometheus_pushgateway_basic_auth": {"username": "fleet-read", "password": "read-password-1"},
         },
     )
     result = run_promtool("check", "config", str(dest / "prometheus" / "prometheus.yml"))
@@ -124,6 +135,12 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["am:9093"]
     gateway = next(job for job in config["scrape_configs"] if job["job_name"] == "pushgateway")
     assert gateway["static_configs"][0]["targets"] == ["gw-a:9091", "gw-b:9091"]
+    assert gateway["scheme"] == "https"
+    assert gateway["tls_config"] == {"ca_file": f"{config_dir}/tls/ca.crt"}
+    assert gateway["basic_auth"] == {"username": "fleet-read", "password": "read-password-1"}
+    itself = next(job for job in config["scrape_configs"] if job["job_name"] == "prometheus")
+    assert (itself["scheme"], itself["tls_config"]) == ("https", {"ca_file": f"{config_dir}/tls/ca.crt"})
+    assert itself["basic_auth"] == {"username": "fleet-read", "password": "read-password-1"}
     alerts = {
         rule["alert"]: rule
         for group in yaml.safe_load((dest / "prometheus" / "rules" / "fleet-alerts.yml").read_text())["groups"]
@@ -137,6 +154,7 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
     prometheus_flags = read_flags(dest / "flags" / "prometheus.env")
     assert "--storage.tsdb.retention.time=30d" in prometheus_flags
     assert "--storage.tsdb.retention.size=20GB" in prometheus_flags
+    assert f"--web.config.file={config_dir}/web.yml" in prometheus_flags
     gateway_flags = read_flags(dest / "flags" / "pushgateway.env")
     assert "--push.disable-consistency-check" not in gateway_flags
     assert "--web.config.file=/etc/prometheus/pushgateway-web.yml" in gateway_flags

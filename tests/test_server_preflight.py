@@ -26,6 +26,17 @@ CASES = [
     ("prometheus", {"prometheus_alert_cpu_threshold_percent": 150}, "prometheus_alert_cpu_threshold_percent"),
     ("prometheus", {"prometheus_remote_write": [{"name": "no-url"}]}, "prometheus_remote_write"),
     ("prometheus", {"prometheus_pushgateway_scheme": "ftp"}, "prometheus_pushgateway_scheme"),
+    ("prometheus", {"prometheus_tls_cert_file": "/nonexistent/server.crt"}, "prometheus_tls_key_file"),
+    ("prometheus", {"prometheus_basic_auth_users": {"reader": "short"}}, "prometheus_basic_auth_users"),
+    ("pushgateway", {"pushgateway_tls_cert_file": "/nonexistent/server.crt"}, "pushgateway_tls_cert_file"),
+    ("pushgateway", {"pushgateway_basic_auth_users": {"dev:ice": "long-enough-pw"}}, "pushgateway_basic_auth_users"),
+    ("pushgateway", {"pushgateway_basic_auth_users": ["device"]}, "pushgateway_basic_auth_users"),
+    ("grafana", {"grafana_datasource_basic_auth_user": "reader"}, "grafana_datasource_basic_auth_password"),
+    ("grafana", {"grafana_datasource_ca_cert_file": "/nonexistent/ca.crt"}, "grafana_datasource_ca_cert_file"),
+    ("fleet_pki", {"fleet_pki_push_username": "fleet:push"}, "fleet_pki_push_username"),
+    ("fleet_pki", {"fleet_pki_push_password": "short"}, "fleet_pki_push_password"),
+    ("fleet_pki", {"fleet_pki_ca_cert_file": "/nonexistent/ca.crt"}, "fleet_pki_server_cert_file"),
+    ("fleet_pki", {"fleet_pki_server_valid_days": 3000}, "fleet_pki_server_valid_days"),
 ]
 
 
@@ -53,7 +64,7 @@ def run_preflight(tmp_path: Path, role: str, extra_vars: Dict[str, Any]) -> subp
     )
 
 
-@pytest.mark.parametrize("role", ["pushgateway", "prometheus", "grafana"])
+@pytest.mark.parametrize("role", ["pushgateway", "prometheus", "grafana", "fleet_pki"])
 def test_defaults_pass_preflight(tmp_path: Path, role: str) -> None:
     result = run_preflight(tmp_path, role, {})
     assert result.returncode == 0, result.stdout[-3000:]

@@ -4,39 +4,58 @@ JSON: the device_serial dropdown's values and the queries that returned no data.
 
 Runs on the monitoring server (stdlib only). Grafana variables: $device_serial is set to each
 serial in turn, $__rate_interval / $__interval as Grafana computes them for a 1 s step.
+With --datasource (Grafana's provisioned datasource entry as JSON) it reaches Prometheus the way
+Grafana does: that URL, that basic auth login, that CA certificate.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
+import ssl
 import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 STEP_SECONDS = 1
 RANGE_SECONDS = 60
 
 
-def api(prometheus: str, path: str, params: Dict[str, Any]) -> Any:
-    url = f"{prometheus}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        body = json.load(response)
-    if body.get("status") != "success":
-        raise RuntimeError(f"{url}: {body}")
-    return body["data"]
+class Datasource:
+    """Prometheus as a Grafana datasource entry describes it (url, basicAuth, tlsCACert)."""
+
+    def __init__(self, url: str, entry: Optional[Dict[str, Any]] = None) -> None:
+        entry = entry or {}
+        secure = entry.get("secureJsonData", {})
+        self.url = entry.get("url", url).rstrip("/")
+        self.headers = {}
+        if entry.get("basicAuth"):
+            login = f"{entry['basicAuthUser']}:{secure['basicAuthPassword']}"
+            self.headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+        ca = secure.get("tlsCACert") if entry.get("jsonData", {}).get("tlsAuthWithCACert") else None
+        self.context = ssl.create_default_context(cadata=ca) if self.url.startswith("https") else None
+
+    def api(self, path: str, params: Dict[str, Any]) -> Any:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params, doseq=True)}"
+        request = urllib.request.Request(url, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise RuntimeError(f"{url}: {body}")
+        return body["data"]
 
 
-def has_data(prometheus: str, expr: str, instant: bool) -> bool:
+def has_data(prometheus: Datasource, expr: str, instant: bool) -> bool:
     if instant:
-        return bool(api(prometheus, "query", {"query": expr})["result"])
+        return bool(prometheus.api("query", {"query": expr})["result"])
     end = time.time()
     params = {"query": expr, "start": end - RANGE_SECONDS, "end": end, "step": STEP_SECONDS}
-    return any(series["values"] for series in api(prometheus, "query_range", params)["result"])
+    return any(series["values"] for series in prometheus.api("query_range", params)["result"])
 
 
 def targets(dashboard: Dict[str, Any]) -> Iterator[Tuple[str, Dict[str, Any]]]:
@@ -56,7 +75,7 @@ def substitute(expr: str, variables: Dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
 
 
-def dropdown(prometheus: str, dashboards: List[Dict[str, Any]]) -> List[str]:
+def dropdown(prometheus: Datasource, dashboards: List[Dict[str, Any]]) -> List[str]:
     for dashboard in dashboards:
         for variable in dashboard.get("templating", {}).get("list", []):
             if variable["name"] == "device_serial":
@@ -64,13 +83,14 @@ def dropdown(prometheus: str, dashboards: List[Dict[str, Any]]) -> List[str]:
                 if not match:
                     raise SystemExit(f"unexpected variable query {variable['query']!r}")
                 metric, label = match.groups()
-                return sorted(api(prometheus, f"label/{label}/values", {"match[]": metric}))
+                return sorted(prometheus.api(f"label/{label}/values", {"match[]": metric}))
     raise SystemExit("no dashboard defines the device_serial variable")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    parser.add_argument("--datasource", type=Path, help="Grafana's datasource entry as JSON (wins over --prometheus)")
     parser.add_argument("--dashboards", type=Path, required=True, help="directory of the dashboard JSON files")
     parser.add_argument("--serial", action="append", default=[], help="a device serial (repeat)")
     parser.add_argument("--scrape-interval-seconds", type=int, default=1, help="the datasource's timeInterval")
@@ -78,6 +98,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args()
 
+    entry = json.loads(args.datasource.read_text()) if args.datasource else None
+    prometheus = Datasource(args.prometheus, entry)
     dashboards = [json.loads(path.read_text()) for path in sorted(args.dashboards.glob("*.json"))]
     scrape = args.scrape_interval_seconds
     base = {
@@ -99,12 +121,12 @@ def main() -> int:
     pending = list(queries)
     deadline = time.monotonic() + args.timeout
     while pending and time.monotonic() < deadline:
-        pending = [q for q in pending if not has_data(args.prometheus, q[2], q[1])]
+        pending = [q for q in pending if not has_data(prometheus, q[2], q[1])]
         if pending:
             time.sleep(1)
     json.dump(
         {
-            "dropdown": dropdown(args.prometheus, dashboards),
+            "dropdown": dropdown(prometheus, dashboards),
             "checked": len(queries),
             "missing": [f"{label}: {expr}" for label, _, expr in pending],
         },
