@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """What the push agent costs a device, side by side with two yardsticks, in one run.
 
-Three subjects run at the same time over the same window at the same interval (default 1 s):
+Four subjects run at the same time over the same window at the same interval (default 1 s):
 
   agent          files/push_monitor.py, pushing to its own real Pushgateway
+  agent TLS      the same script, pushing to its own Pushgateway served over TLS with basic auth
+                 (--web.config.file: a throwaway CA and server certificate, a bcrypt-hashed login)
   naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway), idem
   node_exporter  Debian's prometheus-node-exporter with default collectors, scraped by this script
+
+The three targets are computed from the plain agent; the TLS agent is reported against it (CPU and RSS
+ratios in the same window), against the same bounds, with each pusher's connection at both ends of the
+window (one kept-alive connection) and each gateway's CPU per push.
 
 For each: CPU seconds (utime + stime of /proc/<pid>/stat, all threads) between two snapshots,
 divided by the pushes the gateway counted (or the scrapes made) in between, and peak RSS (VmHWM).
@@ -23,13 +29,18 @@ targets are tracked here, never as timed test assertions). Exit 1 only if the be
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime
+import ipaddress
 import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -255,15 +266,126 @@ class Load:
             self.top_up()
 
 
+# --------------------------------------------------------------------------------------------
+# TLS and basic auth for the third gateway
+# --------------------------------------------------------------------------------------------
+
+TLS_USER = "bench-device"
+BCRYPT_COST = 10  # as in tests/test_agent_tls.py
+
+
+@dataclass(frozen=True)
+class TlsSetup:
+    """A throwaway CA, a server certificate for 127.0.0.1 and one basic auth login, as files."""
+
+    ca_file: Path
+    web_config: Path
+    username: str
+    password_file: Path
+    authorization: str
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def make_tls_setup(directory: Path) -> TlsSetup:
+    """The exporter-toolkit web config the Pushgateway reads: tls_server_config and basic_auth_users."""
+    # Imported here: only this subject needs them, and a missing package must be one clear line.
+    try:
+        import bcrypt
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError as err:
+        raise BenchError(f"the TLS subject needs cryptography and bcrypt ({err}): run with .venv/bin/python") from None
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    pem = serialization.Encoding.PEM
+
+    def certificate(name: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ca:
+            usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+            builder = builder.add_extension(usage, critical=True)
+        else:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent_cost bench CA")])
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_file.write_bytes(certificate("agent_cost bench CA", ca_key, ca_name, ca_key, True).public_bytes(pem))
+    cert_file.write_bytes(certificate("127.0.0.1", server_key, ca_name, ca_key, False).public_bytes(pem))
+    key_file.write_bytes(server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    password = secrets.token_urlsafe(24)
+    password_file = directory / "password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
+    web_config = directory / "web.yml"
+    web_config.write_text(
+        f"tls_server_config:\n  cert_file: {cert_file}\n  key_file: {key_file}\n"
+        f"basic_auth_users:\n  {TLS_USER}: '{hashed}'\n"
+    )
+    token = base64.b64encode(f"{TLS_USER}:{password}".encode()).decode()
+    return TlsSetup(ca_file, web_config, TLS_USER, password_file, f"Basic {token}")
+
+
+def established_ports(pid: int, remote_port: int) -> List[int]:
+    """Local ports of pid's established TCP connections to remote_port: the same single port at both ends
+    of the window means the pusher kept one connection alive across its pushes."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            next(handle)  # header
+            for line in handle:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                    ports.append(int(local.rsplit(":", 1)[1], 16))
+    return sorted(ports)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+@dataclass(frozen=True)
+class Endpoint:
+    """A server this script reads: plain http, or https with its CA and a basic auth login."""
+
+    url: str
+    port: int
+    authorization: Optional[str] = None
+    context: Optional[ssl.SSLContext] = None
+
+    def get(self, path: str, timeout: float = 5.0) -> bytes:
+        headers = {"Authorization": self.authorization} if self.authorization else {}
+        request = urllib.request.Request(self.url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as response:
+            return response.read()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -275,23 +397,36 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def answers(url: str) -> bool:
+def answers(endpoint: Endpoint, path: str) -> bool:
     try:
-        http_get(url, 1.0)
-    except OSError:
+        endpoint.get(path, 1.0)
+    except OSError:  # also urllib's HTTPError and ssl's errors
         return False
     return True
 
 
-def start_server(children: Children, binary: str, args: Sequence[str], ready_path: str, logfile: Path) -> str:
-    """Starts a Prometheus-style server on a free loopback port; returns its base URL once it answers."""
+def start_server(
+    children: Children,
+    binary: str,
+    args: Sequence[str],
+    ready_path: str,
+    logfile: Path,
+    *,
+    tls: Optional[TlsSetup] = None,
+) -> Endpoint:
+    """Starts a Prometheus-style server on a free loopback port (https with basic auth when tls is given);
+    returns its endpoint once it answers."""
     if not os.access(binary, os.X_OK):
         raise BenchError(f"{binary} not found: run `make host` (scripts/setup-host.sh) first")
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    if tls is None:
+        endpoint = Endpoint(f"http://127.0.0.1:{port}", port)
+    else:
+        args = [*args, f"--web.config.file={tls.web_config}"]
+        endpoint = Endpoint(f"https://127.0.0.1:{port}", port, tls.authorization, tls.client_context())
     process = children.start([binary, f"--web.listen-address=127.0.0.1:{port}", *args], log=logfile.open("ab"))
-    wait_until(lambda: process.poll() is None and answers(url + ready_path), 20, f"{binary} on {url}")
-    return url
+    wait_until(lambda: process.poll() is None and answers(endpoint, ready_path), 20, f"{binary} on {endpoint.url}")
+    return endpoint
 
 
 def binary_version(binary: str) -> str:
@@ -327,24 +462,40 @@ def clean_env(workdir: Path) -> Dict[str, str]:
 @dataclass
 class Subject:
     label: str
+    short: str
     process: subprocess.Popen
     count_cycles: Callable[[], int]
     series: Callable[[], int]
     logfile: Optional[Path] = None
+    # A pusher's own gateway: its port (to see the pusher's connections) and its process (its CPU per push).
+    gateway_port: Optional[int] = None
+    gateway_process: Optional[subprocess.Popen] = None
     cpu_start: float = 0.0
     cycles_start: int = 0
     cpu_used: float = 0.0
     cycles: int = 0
     peak_rss: int = 0
+    gateway_cpu_start: float = 0.0
+    gateway_cpu_used: float = 0.0
+    ports_start: List[int] = field(default_factory=list)
+    ports_end: List[int] = field(default_factory=list)
 
     def snapshot_start(self) -> None:
         self.cycles_start = self.count_cycles()
         self.cpu_start = cpu_seconds(self.process.pid)
+        if self.gateway_process is not None:
+            self.gateway_cpu_start = cpu_seconds(self.gateway_process.pid)
+        if self.gateway_port is not None:
+            self.ports_start = established_ports(self.process.pid, self.gateway_port)
 
     def snapshot_end(self) -> None:
         self.cycles = self.count_cycles() - self.cycles_start
         self.cpu_used = cpu_seconds(self.process.pid) - self.cpu_start
         self.peak_rss = peak_rss_bytes(self.process.pid)
+        if self.gateway_process is not None:
+            self.gateway_cpu_used = cpu_seconds(self.gateway_process.pid) - self.gateway_cpu_start
+        if self.gateway_port is not None:
+            self.ports_end = established_ports(self.process.pid, self.gateway_port)
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -355,10 +506,22 @@ class Subject:
     def cpu_ms_per_cycle(self) -> float:
         return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
 
+    @property
+    def gateway_cpu_ms_per_push(self) -> float:
+        return 1000.0 * self.gateway_cpu_used / self.cycles if self.cycles else math.nan
 
-def gateway_pushes(url: str) -> int:
+    def connection_note(self) -> str:
+        """Whether the pusher kept one connection to its gateway through the window."""
+        start, end = ",".join(map(str, self.ports_start)) or "none", ",".join(map(str, self.ports_end)) or "none"
+        kept = len(self.ports_start) == 1 and self.ports_start == self.ports_end
+        return f"{self.short}: local port {start} at the window's start, {end} at its end " + (
+            "(one connection kept alive)" if kept else "(NOT one kept-alive connection)"
+        )
+
+
+def gateway_pushes(gateway: Endpoint) -> int:
     """Successful PUTs the gateway has accepted: each pusher has a gateway of its own."""
-    text = http_get(url + "/metrics").decode()
+    text = gateway.get("/metrics").decode()
     total = 0
     for line in text.splitlines():
         if line.startswith("pushgateway_http_requests_total{") and 'handler="push"' in line and 'code="2' in line:
@@ -366,9 +529,9 @@ def gateway_pushes(url: str) -> int:
     return total
 
 
-def gateway_series(url: str) -> int:
+def gateway_series(gateway: Endpoint) -> int:
     """Series the pusher sent in its last push (the gateway's own push_time series excluded)."""
-    text = http_get(url + "/metrics").decode()
+    text = gateway.get("/metrics").decode()
     return sum(
         1
         for line in text.splitlines()
@@ -376,19 +539,19 @@ def gateway_series(url: str) -> int:
     )
 
 
-def last_push_time(url: str) -> Optional[float]:
-    for line in http_get(url + "/metrics").decode().splitlines():
+def last_push_time(gateway: Endpoint) -> Optional[float]:
+    for line in gateway.get("/metrics").decode().splitlines():
         if line.startswith("push_time_seconds{") and f'job="{JOB}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
 
 
-def mid_cycle(url: str, interval: float, not_before: float) -> float:
+def mid_cycle(gateway: Endpoint, interval: float, not_before: float) -> float:
     """The first monotonic time >= not_before half an interval after one of the pusher's pushes:
     snapshots there never split a collection from its push."""
-    pushed = last_push_time(url)
+    pushed = last_push_time(gateway)
     if pushed is None:
-        raise BenchError(f"no push recorded by {url}")
+        raise BenchError(f"no push recorded by {gateway.url}")
     pushed_monotonic = pushed - time.time() + time.monotonic()
     anchor = pushed_monotonic + interval / 2
     return anchor + math.ceil(max(0.0, not_before - anchor) / interval) * interval
@@ -396,12 +559,12 @@ def mid_cycle(url: str, interval: float, not_before: float) -> float:
 
 @dataclass
 class Scraper:
-    url: str
+    endpoint: Endpoint
     scrapes: int = 0
     last_series: int = 0
 
     def scrape(self) -> None:
-        body = http_get(self.url + "/metrics", timeout=10).decode("utf-8", "replace")
+        body = self.endpoint.get("/metrics", timeout=10).decode("utf-8", "replace")
         self.scrapes += 1
         self.last_series = sum(1 for line in body.splitlines() if line and not line.startswith("#"))
 
@@ -416,7 +579,7 @@ class Window:
 
 
 def run_window(
-    pushers: List[Tuple[Subject, str]], node_exporter: Subject, scraper: Scraper, load: Load, options: Options
+    pushers: List[Tuple[Subject, Endpoint]], node_exporter: Subject, scraper: Scraper, load: Load, options: Options
 ) -> Window:
     """One window of options.cycles intervals. node_exporter is scraped on this script's grid; each
     pusher is snapshotted mid-cycle on its own grid, the same number of intervals apart."""
@@ -428,8 +591,8 @@ def run_window(
         events.append((start + index * interval, 1, scraper.scrape))
         events.append((start + index * interval, 2, lambda: load.sample(window.process_counts)))
     events.append((start + (options.cycles - 0.5) * interval, 3, node_exporter.snapshot_end))
-    for subject, url in pushers:
-        opens = mid_cycle(url, interval, start - interval / 2)
+    for subject, gateway in pushers:
+        opens = mid_cycle(gateway, interval, start - interval / 2)
         events.append((opens, 4, subject.snapshot_start))
         events.append((opens + options.cycles * interval, 5, subject.snapshot_end))
     events.sort(key=lambda event: (event[0], event[1]))
@@ -445,15 +608,15 @@ def run_window(
     return window
 
 
-def warm_up(pushers: List[Tuple[Subject, str]], scraper: Scraper, options: Options) -> None:
-    """Imports, first /proc scans and first connections stay out of the window."""
+def warm_up(pushers: List[Tuple[Subject, Endpoint]], scraper: Scraper, options: Options) -> None:
+    """Imports, first /proc scans and first connections (TLS handshake included) stay out of the window."""
     for _ in range(options.warmup):
         scraper.scrape()
         time.sleep(options.interval)
-    for subject, url in pushers:
+    for subject, gateway in pushers:
         subject.check_alive()
         wait_until(
-            lambda url=url: gateway_pushes(url) >= options.warmup,
+            lambda gateway=gateway: gateway_pushes(gateway) >= options.warmup,
             options.warmup * options.interval + 30,
             f"{options.warmup} pushes from {subject.label}",
         )
@@ -468,8 +631,11 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+TLS_LABEL = "agent over TLS + basic auth (same script)"
+
+
 def report(subjects: List[Subject], window: Window, options: Options, header: List[str]) -> List[str]:
-    agent, naive, node_exporter = subjects
+    agent, agent_tls, naive, node_exporter = subjects
     lines = [*header]
     counts = window.process_counts
     lines.append(
@@ -482,11 +648,11 @@ def report(subjects: List[Subject], window: Window, options: Options, header: Li
         f"load average {window.load_before[0]:.2f} before, {window.load_after[0]:.2f} after"
     )
     lines.append("")
-    lines.append(f"{'subject':<36} {'cycles':>6} {'CPU ms/cycle':>12} {'CPU % of 1 core':>15} {'peak RSS MiB':>12}")
+    lines.append(f"{'subject':<42} {'cycles':>6} {'CPU ms/cycle':>12} {'CPU % of 1 core':>15} {'peak RSS MiB':>12}")
     for subject in subjects:
         cpu_share = 100 * subject.cpu_used / (options.cycles * options.interval)
         lines.append(
-            f"{subject.label:<36} {subject.cycles:>6} {subject.cpu_ms_per_cycle:>12.2f} "
+            f"{subject.label:<42} {subject.cycles:>6} {subject.cpu_ms_per_cycle:>12.2f} "
             f"{cpu_share:>15.2f} {subject.peak_rss / 1048576:>12.1f}"
         )
     lines.append("")
@@ -505,19 +671,91 @@ def report(subjects: List[Subject], window: Window, options: Options, header: Li
         f"  agent peak RSS = {agent.peak_rss / 1e6:.1f} MB ({agent.peak_rss / 1048576:.1f} MiB)     target <= "
         f"{TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(agent.peak_rss <= TARGET_PEAK_RSS_BYTES)}"
     )
-    return lines
+    return lines + [""] + tls_cost(agent, agent_tls, node_exporter)
+
+
+def tls_cost(agent: Subject, agent_tls: Subject, node_exporter: Subject) -> List[str]:
+    """The same agent over https with basic auth against plain http, measured in the same window."""
+    cpu_ratio = agent_tls.cpu_ms_per_cycle / agent.cpu_ms_per_cycle
+    rss_ratio = agent_tls.peak_rss / agent.peak_rss
+    vs_node_exporter = agent_tls.cpu_ms_per_cycle / node_exporter.cpu_ms_per_cycle
+    return [
+        "cost of TLS + basic auth (same agent, same window)",
+        f"  agent TLS CPU/cycle / agent CPU/cycle      = {cpu_ratio:.2f}   "
+        f"({round(agent_tls.cpu_ms_per_cycle - agent.cpu_ms_per_cycle, 2) + 0.0:+.2f} ms/cycle)",  # no "-0.00"
+        f"  agent TLS peak RSS / agent peak RSS        = {rss_ratio:.2f}   "
+        f"({(agent_tls.peak_rss - agent.peak_rss) / 1e6:+.1f} MB)",
+        f"  agent TLS CPU/cycle / node_exporter CPU/scrape = {vs_node_exporter:.2f}   target <= "
+        f"{TARGET_VS_NODE_EXPORTER:g}     {verdict(vs_node_exporter <= TARGET_VS_NODE_EXPORTER)}",
+        f"  agent TLS peak RSS = {agent_tls.peak_rss / 1e6:.1f} MB ({agent_tls.peak_rss / 1048576:.1f} MiB)     "
+        f"target <= {TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(agent_tls.peak_rss <= TARGET_PEAK_RSS_BYTES)}",
+        f"  connections: {agent.connection_note()}; {agent_tls.connection_note()}",
+        f"  gateway CPU per push (the server's side): plain {agent.gateway_cpu_ms_per_push:.2f} ms, "
+        f"TLS + basic auth (bcrypt cost {BCRYPT_COST}) {agent_tls.gateway_cpu_ms_per_push:.2f} ms",
+    ]
 
 
 def series_line(subjects: List[Subject]) -> str:
-    parts = [f"{subject.label.split()[0]} {subject.series()}" for subject in subjects]
+    parts = [f"{subject.short} {subject.series()}" for subject in subjects]
     return "series per cycle: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Pusher:
+    """One pushing subject: its label, script, serial and extra arguments, and its gateway's TLS (if any)."""
+
+    label: str
+    short: str
+    script: Path
+    serial: str
+    tls: Optional[TlsSetup] = None
+
+    def arguments(self) -> List[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--ca-file", str(self.tls.ca_file), "--username", self.tls.username,
+            "--password-file", str(self.tls.password_file),
+        ]  # fmt: skip
+
+
+def start_pusher(pusher: Pusher, children: Children, options: Options, workdir: Path) -> Tuple[Subject, Endpoint]:
+    """The pusher's own Pushgateway (its accepted PUTs are the pusher's cycles), then the pusher."""
+    directory = workdir / pusher.serial
+    directory.mkdir()
+    gateway = start_server(
+        children,
+        PUSHGATEWAY_BIN,
+        [f"--persistence.file={directory / 'pushgateway.db'}"],
+        "/-/ready",
+        directory / "pushgateway.log",
+        tls=pusher.tls,
+    )
+    gateway_process = children.processes[-1]
+    logfile = directory / "pusher.log"
+    command = [
+        options.python, str(pusher.script), "--pushgateway", gateway.url, "--device-serial", pusher.serial,
+        "--interval", f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n), *pusher.arguments(),
+    ]  # fmt: skip
+    process = children.start(command, log=logfile.open("ab"), env=clean_env(workdir))
+    subject = Subject(
+        pusher.label,
+        pusher.short,
+        process,
+        lambda: gateway_pushes(gateway),
+        lambda: gateway_series(gateway),
+        logfile,
+        gateway_port=gateway.port,
+        gateway_process=gateway_process,
+    )
+    return subject, gateway
 
 
 def run(options: Options, children: Children, workdir: Path) -> List[str]:
     header = [
         f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}",
         *machine_summary(),
-        f"agents run by: {python_versions(options.python)}",
+        f"agents run by: {python_versions(options.python)}, {ssl.OPENSSL_VERSION} (this script's)",
         f"node_exporter {binary_version(NODE_EXPORTER_BIN)}, pushgateway {binary_version(PUSHGATEWAY_BIN)}",
     ]
     bound = options.warmup * options.interval + options.cycles * options.interval + 180
@@ -525,41 +763,21 @@ def run(options: Options, children: Children, workdir: Path) -> List[str]:
     load.start_busy(options.busy)
     load.top_up()
     spawned_before = load.idle
-    gateways = []
-    for name in ("agent", "naive"):
-        (workdir / name).mkdir()
-        gateways.append(
-            start_server(
-                children,
-                PUSHGATEWAY_BIN,
-                [f"--persistence.file={workdir / name / 'pushgateway.db'}"],
-                "/-/ready",
-                workdir / name / "pushgateway.log",
-            )
+    tls = make_tls_setup(workdir / "tls")
+    pushers = [
+        start_pusher(pusher, children, options, workdir)
+        for pusher in (
+            Pusher("agent (files/push_monitor.py)", "agent", AGENT, "bench-agent"),
+            Pusher(TLS_LABEL, "agent-tls", AGENT, "bench-agent-tls", tls),
+            Pusher("naive (bench/naive_agent.py)", "naive", NAIVE_AGENT, "bench-naive"),
         )
-    node_exporter_url = start_server(children, NODE_EXPORTER_BIN, [], "/metrics", workdir / "node_exporter.log")
+    ]
+    node_exporter_endpoint = start_server(children, NODE_EXPORTER_BIN, [], "/metrics", workdir / "node_exporter.log")
     node_exporter_process = children.processes[-1]
-    env = clean_env(workdir)
-    common = ["--interval", f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n)]
-    pushers = []
-    for label, script, serial, gateway in (
-        ("agent (files/push_monitor.py)", AGENT, "bench-agent", gateways[0]),
-        ("naive (bench/naive_agent.py)", NAIVE_AGENT, "bench-naive", gateways[1]),
-    ):
-        logfile = workdir / f"{serial}.log"
-        command = [options.python, str(script), "--pushgateway", gateway, "--device-serial", serial, *common]
-        process = children.start(command, log=logfile.open("ab"), env=env)
-        subject = Subject(
-            label,
-            process,
-            lambda gateway=gateway: gateway_pushes(gateway),
-            lambda gateway=gateway: gateway_series(gateway),
-            logfile,
-        )
-        pushers.append((subject, gateway))
-    scraper = Scraper(node_exporter_url)
+    scraper = Scraper(node_exporter_endpoint)
     node_exporter = Subject(
         "node_exporter (scraped each cycle)",
+        "node_exporter",
         node_exporter_process,
         lambda: scraper.scrapes,
         lambda: scraper.last_series,
@@ -576,7 +794,7 @@ def run(options: Options, children: Children, workdir: Path) -> List[str]:
         f"{spawned_before_window - spawned_before} before the window, {load.idle - spawned_before_window} during it "
         f"to stay >= {options.processes}); each ends by itself within {bound:.0f} s"
     )
-    subjects = [pushers[0][0], pushers[1][0], node_exporter]
+    subjects = [subject for subject, _ in pushers] + [node_exporter]
     for subject in subjects:
         subject.check_alive()
         if subject.cycles < 1:
