@@ -9,7 +9,7 @@ MOLECULE_SCENARIOS ?= devices wheelhouse server default
 # Container base images (scripts/images.sh NAME...), rebuilt only when their recipe changes.
 IMAGES := device-debian12 device-debian13 server-debian12
 
-.PHONY: setup host venv test pytest molecule lint bench images lab lab-down clean server-config
+.PHONY: setup host venv test pytest molecule lint bench bench-ingest bench-rollout images lab lab-down clean server-config
 
 setup: host venv
 
@@ -51,8 +51,15 @@ lab: setup
 lab-down:
 	bash scripts/lab.sh down
 
+# Benchmarks (docs/benchmarks.md): the agent's cost, one server's ingest, rollout speed.
 bench: setup
 	$(BIN)/python bench/agent_cost.py
+
+bench-ingest: setup
+	$(BIN)/python bench/ingest.py
+
+bench-rollout: setup
+	$(BIN)/python bench/rollout.py
 
 # Renders server/compose/ (mounted by docker-compose.yml) from the roles' templates and defaults.
 server-config: venv
