@@ -1,0 +1,783 @@
+#!/usr/bin/env python3
+"""How many devices one server ingests at a 1 s interval: the stock Pushgateway and the roles' server,
+side by side in one run, each scraped every second by a real Prometheus.
+
+Subjects run one after the other (never sharing the CPU), each on its own free loopback port:
+
+  stock  Debian's /usr/bin/prometheus-pushgateway with its stock flags (only its own persistence file)
+  role   the Pushgateway with the flags roles/pushgateway renders (tests/server_fixtures.py renders them
+         through playbooks/render-server-config.yml with the roles' defaults)
+
+Both are scraped by /usr/bin/prometheus with the configuration roles/prometheus renders (the pushgateway
+job: honor_labels, 1 s interval and timeout; the rules; the role's Prometheus flags). More subjects
+(variants of one of the two) come from --subject, so every comparison is one reproducible command.
+
+The load: N simulated devices, each pushing the agent's real exposition (files/push_monitor.py --print
+--top-n 10, with each device's own serial and host name) with PUT to its own group, once a second on a
+fixed grid with its own phase, over its own kept-alive connection, from --workers processes. For each
+step of the ramp the new devices' groups are pushed once first, then the load runs for --duration s.
+A step passes with zero failed pushes, push p99 < 250 ms, Prometheus' scrape_duration_seconds of the
+gateway < 1 s and up == 1 throughout, and at least 95 % of the offered pushes made (else the generator,
+not the server, was the limit). A subject stops ramping after its first failing step.
+
+Prints one row per step, then for each subject the largest passing N and its ratio to the first
+subject, against the targets (role >= 2000 devices and >= 20x stock), PASS or MISS; exits 0 either way.
+Exit 1 if the benchmark cannot run, 2 on bad input.
+
+    .venv/bin/python bench/ingest.py                          # stock and role, the default ramp
+    .venv/bin/python bench/ingest.py --quick                  # smoke run: tiny N, a few seconds a step
+    .venv/bin/python bench/ingest.py --subject 'role-gzip=role,gzip=1' --ramp 1000,2000,3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import os
+import platform
+import random
+import re
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # server_fixtures: the roles' templates rendered, a real Prometheus
+sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's own path and label encoding
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest_bodies import BODY_FORMATS, encode  # noqa: E402
+from ingest_load import Device, StepCommand, StepResult, worker_main  # noqa: E402
+
+from conftest import free_port, stop_process, wait_until  # noqa: E402
+from push_monitor import DEFAULT_JOB, grouping_path, label_safe  # noqa: E402
+from server_fixtures import Prometheus, read_flags, render_server_config  # noqa: E402
+
+AGENT = ROOT / "files" / "push_monitor.py"
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+TICKS = os.sysconf("SC_CLK_TCK")
+PLACEHOLDER_SERIAL = "BENCHSERIALPLACEHOLDER"
+DEFAULT_RAMP = "25,50,100,250,500,1000,1500,2000,2500,3000,3500,4000"
+QUICK_RAMP = "5,10"
+HOST_PLUMBING = re.compile(r'interface="(veth|podman|cni|br-|docker)')
+QUIET_SECONDS = 4.0
+P99_LIMIT = 0.25
+SCRAPE_LIMIT = 1.0
+ACHIEVED_MIN = 0.95
+TARGET_DEVICES = 2000
+TARGET_RATIO = 20.0
+SUBJECT_KEYS = {"gzip", "keepalive", "gogc", "gomaxprocs", "add", "drop", "var", "from", "prom_gogc", "shards", "body"}
+
+
+class BenchError(Exception):
+    """The benchmark cannot run (a binary missing, a server died): one line, exit 1."""
+
+
+@dataclass
+class Subject:
+    """One server configuration under test, from --subject LABEL=BASE[,KEY=VALUE...]."""
+
+    label: str
+    base: str  # stock | role
+    gzip: bool = False
+    keepalive: bool = True
+    gateway_env: Dict[str, str] = field(default_factory=dict)
+    prometheus_env: Dict[str, str] = field(default_factory=dict)
+    add_flags: List[str] = field(default_factory=list)
+    drop_flags: List[str] = field(default_factory=list)
+    role_vars: Dict[str, object] = field(default_factory=dict)
+    start_at: int = 0
+    shards: int = 1
+    body_format: str = "text"
+
+    def describe(self) -> str:
+        parts = [self.base]
+        if self.body_format != "text":
+            parts.append(f"{self.body_format} bodies")
+        if self.gzip:
+            parts.append("gzip bodies")
+        if not self.keepalive:
+            parts.append("new connection per push")
+        parts += [f"gateway {k}={v}" for k, v in self.gateway_env.items()]
+        parts += [f"prometheus {k}={v}" for k, v in self.prometheus_env.items()]
+        parts += [f"+{flag}" for flag in self.add_flags] + [f"-{flag}" for flag in self.drop_flags]
+        parts += [f"{k}={v}" for k, v in self.role_vars.items()]
+        if self.shards > 1:
+            parts.append(f"{self.shards} gateway shards (devices by a stable hash of the host name)")
+        if self.start_at:
+            parts.append(f"ramp from {self.start_at}")
+        return ", ".join(parts)
+
+
+def parse_bool(raw: str, spec: str) -> bool:
+    if raw not in ("0", "1"):
+        raise argparse.ArgumentTypeError(f"subject {spec!r}: expected 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def parse_subject(spec: str) -> Subject:
+    label, sep, rest = spec.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
+        raise argparse.ArgumentTypeError(f"subject {spec!r}: expected LABEL=BASE[,KEY=VALUE...]")
+    base, *pairs = rest.split(",")
+    if base not in ("stock", "role"):
+        raise argparse.ArgumentTypeError(f"subject {spec!r}: base must be stock or role, not {base!r}")
+    subject = Subject(label=label, base=base)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in SUBJECT_KEYS:
+            raise argparse.ArgumentTypeError(
+                f"subject {spec!r}: {pair!r} is not KEY=VALUE with KEY in {', '.join(sorted(SUBJECT_KEYS))}"
+            )
+        apply_subject_key(subject, key, value, spec)
+    return subject
+
+
+def apply_subject_key(subject: Subject, key: str, value: str, spec: str) -> None:
+    if key in ("gzip", "keepalive"):
+        setattr(subject, key, parse_bool(value, spec))
+    elif key in ("gogc", "gomaxprocs"):
+        subject.gateway_env[key.upper()] = value
+    elif key == "prom_gogc":
+        subject.prometheus_env["GOGC"] = value
+    elif key in ("add", "drop"):
+        getattr(subject, f"{key}_flags").append(value)
+    elif key in ("from", "shards"):
+        if not value.isdigit() or (key == "shards" and int(value) < 1):
+            raise argparse.ArgumentTypeError(f"subject {spec!r}: {key}= takes a positive count")
+        setattr(subject, "start_at" if key == "from" else "shards", int(value))
+    elif key == "body":
+        if value not in BODY_FORMATS:
+            raise argparse.ArgumentTypeError(f"subject {spec!r}: body= is one of {', '.join(BODY_FORMATS)}")
+        subject.body_format = value
+    else:  # var=NAME=VALUE: a role variable for the rendering, its value read as YAML
+        name, sep, raw = value.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise argparse.ArgumentTypeError(f"subject {spec!r}: var= takes NAME=VALUE")
+        subject.role_vars[name] = yaml.safe_load(raw)
+
+
+def parse_ramp(raw: str) -> List[int]:
+    try:
+        steps = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ramp {raw!r}: expected comma-separated device counts") from None
+    if not steps or any(n < 1 for n in steps) or steps != sorted(set(steps)):
+        raise argparse.ArgumentTypeError(f"--ramp {raw!r}: expected increasing positive device counts")
+    return steps
+
+
+def positive(kind: type):
+    def parse(raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{raw!r} must be > 0")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/ingest.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--subject LABEL=BASE[,KEY=VALUE...]: BASE is stock or role; KEY is gzip=0|1 (gzip request "
+        "bodies), keepalive=0|1 (0: a new connection per push), gogc=N / gomaxprocs=N (gateway environment), "
+        "prom_gogc=N, add=--flag[=value] / drop=--flag (gateway flags), var=NAME=VALUE (a role variable for "
+        "the rendering, e.g. var=prometheus_pushgateway_scrape_interval=2s), from=N (skip smaller steps), "
+        "shards=K (K gateways on this host, each device on one by a stable hash of its host name), "
+        "body=text|nohelp|protobuf (the push body's encoding, bench/ingest_bodies.py). "
+        "Default: --subject stock=stock --subject role=role. The first subject is the ratios' denominator.",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: ramp {QUICK_RAMP}, 3 s steps")
+    parser.add_argument("--ramp", type=parse_ramp, help=f"device counts, increasing [default {DEFAULT_RAMP}]")
+    parser.add_argument("--duration", type=positive(float), help="seconds of load per step [default 15]")
+    parser.add_argument("--interval", type=positive(float), default=1.0, help="push interval [default 1]")
+    parser.add_argument(
+        "--timeout", type=positive(float), help="push timeout [default the agent's: min(0.8 x interval, 10)]"
+    )
+    parser.add_argument("--workers", type=positive(int), default=2, help="load generator processes [default 2]")
+    parser.add_argument("--subject", type=parse_subject, action="append", dest="subjects", metavar="SPEC")
+    parser.add_argument(
+        "--max-minutes", type=positive(float), default=20.0, help="stop ramping after this long [default 20]"
+    )
+    args = parser.parse_args(argv)
+    args.ramp = args.ramp or parse_ramp(QUICK_RAMP if args.quick else DEFAULT_RAMP)
+    args.duration = args.duration or (3.0 if args.quick else 15.0)
+    args.timeout = args.timeout or min(0.8 * args.interval, 10.0)
+    args.subjects = args.subjects or [Subject("stock", "stock"), Subject("role", "role")]
+    labels = [s.label for s in args.subjects]
+    if len(set(labels)) != len(labels):
+        parser.error(f"subject labels must be unique: {labels}")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# The payload: the agent's own exposition, one per device
+# ---------------------------------------------------------------------------------------------
+
+
+def agent_exposition() -> str:
+    """What files/push_monitor.py would push (top-N 10), with a placeholder serial to substitute."""
+    python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+    result = subprocess.run(
+        [python, str(AGENT), "--print", "--top-n", "10", "--device-serial", PLACEHOLDER_SERIAL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PUSH", "DEVICE_", "TOP_N"))},
+    )
+    if result.returncode != 0 or PLACEHOLDER_SERIAL not in result.stdout:
+        raise BenchError(f"the agent's --print failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    # The containers other engineers run here come and go with their veth interfaces: a device has none,
+    # and keeping them would make the payload (and every figure) depend on the moment of the run.
+    return "".join(line for line in result.stdout.splitlines(keepends=True) if not HOST_PLUMBING.search(line))
+
+
+def realistic_serial(rng: random.Random, index: int) -> str:
+    """Serials in the shapes real fleets report: service tags, laptop and SoC serials, and now and then
+    one with a space or a slash (sent base64-encoded in the path, as the agent does)."""
+    upper = string.ascii_uppercase + string.digits
+    style = index % 5
+    if index % 97 == 13:
+        return f"SN {rng.randint(1000, 9999)}/{rng.choice('ABCDEF')}{index}"
+    if style == 0:
+        return "".join(rng.choices(upper, k=7))  # Dell service tag
+    if style == 1:
+        return "PF" + "".join(rng.choices(upper, k=6))  # Lenovo
+    if style == 2:
+        return "C02" + "".join(rng.choices(upper, k=9))  # Apple
+    if style == 3:
+        return "10000000" + "".join(rng.choices("0123456789abcdef", k=8))  # Raspberry Pi
+    return "5CG" + "".join(rng.choices(upper, k=7))  # HP
+
+
+def build_devices(count: int, exposition: str, formats: Sequence[str]) -> List[Device]:
+    rng = random.Random(20261125)
+    hostname = re.search(r'hostname="([^"]*)"', exposition)
+    if hostname is None:
+        raise BenchError("the agent's exposition has no hostname label")
+    seen: set = set()
+    devices = []
+    for index in range(count):
+        serial = realistic_serial(rng, index)
+        while serial in seen:
+            serial = realistic_serial(rng, index)
+        seen.add(serial)
+        host = f"{rng.choice(['pos', 'kiosk', 'edge', 'lab'])}-{rng.randint(1, 400):03d}-{index:05d}"
+        text = exposition.replace(f'hostname="{hostname.group(1)}"', f'hostname="{host}"')
+        text = text.replace(PLACEHOLDER_SERIAL, label_safe(serial))
+        bodies = {fmt: encode(text, fmt) for fmt in formats}
+        gzipped = {fmt: gzip.compress(body, 6) for fmt, body in bodies.items()}
+        path = grouping_path(DEFAULT_JOB, serial)
+        devices.append(Device(path, bodies, gzipped, rng.random(), zlib.crc32(host.encode())))
+    return devices
+
+
+def series_per_device(exposition: str) -> int:
+    return sum(1 for line in exposition.splitlines() if line and not line.startswith("#"))
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+# ---------------------------------------------------------------------------------------------
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a process (all threads) in seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_cpu() -> Tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / TICKS, total / TICKS
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The servers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    gateways: List[subprocess.Popen]
+    gateway_ports: List[int]
+    prometheus: Prometheus
+    gateway_flags: List[str]
+    prometheus_flags: List[str]
+
+
+def gateway_flags(subject: Subject, rendered: Path, port: int, workdir: Path) -> List[str]:
+    """The subject's flags; the listen address and persistence file are always this run's own (Debian's
+    default persistence file is shared by every gateway on the machine)."""
+    own = [f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={workdir / f'pushgateway-{port}.data'}"]
+    owned = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
+    flags = [] if subject.base == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
+    flags = own + [f for f in flags if f.split("=", 1)[0] not in owned]
+    flags = [f for f in flags if f.split("=", 1)[0] not in subject.drop_flags]
+    return flags + subject.add_flags
+
+
+def render(subject: Subject, workdir: Path, gateway_ports: List[int], prometheus_port: int) -> Path:
+    dest = workdir / "rendered"
+    extra = {
+        "prometheus_rules_dir": str(dest / "prometheus" / "rules"),
+        "prometheus_pushgateway_targets": [f"127.0.0.1:{port}" for port in gateway_ports],
+        "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
+        **subject.role_vars,
+    }
+    try:
+        return render_server_config(dest, extra)
+    except AssertionError as err:
+        raise BenchError(str(err)) from None
+
+
+def start_gateway(subject: Subject, flags: List[str], port: int, workdir: Path) -> subprocess.Popen:
+    log = workdir / f"pushgateway-{port}.log"
+    env = {**os.environ, **subject.gateway_env}
+    process = subprocess.Popen([PUSHGATEWAY_BIN, *flags], stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=env)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise BenchError(f"the pushgateway exited with {process.returncode}: {log.read_text()[-1000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_until(ready, 20, 0.1, message=f"pushgateway on port {port}")
+    return process
+
+
+def start_prometheus(subject: Subject, workdir: Path, rendered: Path, port: int) -> Prometheus:
+    prometheus = Prometheus(
+        workdir, rendered / "prometheus" / "prometheus.yml", read_flags(rendered / "flags" / "prometheus.env")
+    )
+    prometheus.port = port
+    prometheus.url = f"http://127.0.0.1:{port}"
+    # Plain HTTP on loopback: the web config (TLS, logins) the roles install is not rendered here.
+    dropped = ("--web.listen-address=", "--web.config.file=")
+    prometheus.args = [a for a in prometheus.args if not a.startswith(dropped)]
+    prometheus.args.append(f"--web.listen-address=127.0.0.1:{port}")
+    old_env = dict(os.environ)
+    os.environ.update(subject.prometheus_env)  # Prometheus.start passes its environment on
+    try:
+        prometheus.start()
+    except AssertionError as err:
+        raise BenchError(str(err)) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    return prometheus
+
+
+def start_server(subject: Subject, workdir: Path) -> Server:
+    gateway_ports = [free_port() for _ in range(subject.shards)]
+    prometheus_port = free_port()
+    rendered = render(subject, workdir, gateway_ports, prometheus_port)
+    gateways: List[subprocess.Popen] = []
+    try:
+        for port in gateway_ports:
+            flags = gateway_flags(subject, rendered, port, workdir)
+            gateways.append(start_gateway(subject, flags, port, workdir))
+        prometheus = start_prometheus(subject, workdir, rendered, prometheus_port)
+    except BaseException:
+        for gateway in gateways:
+            stop_process(gateway)
+        raise
+    return Server(gateways, gateway_ports, prometheus, flags, prometheus.args)
+
+
+def stop_server(server: Server) -> None:
+    server.prometheus.stop()
+    for gateway in server.gateways:
+        stop_process(gateway)
+
+
+def prometheus_value(server: Server, expr: str, at: float) -> Optional[float]:
+    try:
+        result = server.prometheus.api("query", query=expr, time=f"{at:.3f}")["result"]
+    except (AssertionError, OSError, ValueError):
+        return None
+    return float(result[0]["value"][1]) if result else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The load generator's processes
+# ---------------------------------------------------------------------------------------------
+
+
+class Generator:
+    """--workers processes, each owning every workers-th device, driven step by step over pipes."""
+
+    def __init__(self, count: int, devices: List[Device]) -> None:
+        context = multiprocessing.get_context("fork")
+        self.pipes = []
+        self.processes = []
+        for number in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=worker_main, args=(number, count, devices, child), daemon=True)
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def pids(self) -> List[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    def run(self, cmd: StepCommand, timeout: float) -> StepResult:
+        for pipe in self.pipes:
+            pipe.send(cmd)
+        merged = StepResult()
+        deadline = time.monotonic() + timeout
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise BenchError(f"a load generator worker did not finish within {timeout:.0f} s")
+            answer = pipe.recv()
+            if isinstance(answer, Exception):
+                raise BenchError(f"a load generator worker failed: {answer!r}")
+            merged.latencies += answer.latencies
+            merged.lags += answer.lags
+            merged.failures += answer.failures
+            merged.pushes += answer.pushes
+        return merged
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    devices: int
+    offered: float
+    achieved: float
+    failed: int
+    failures: Dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    lag_p99_ms: float
+    scrape_max_s: Optional[float]
+    up_min: Optional[float]
+    samples: Optional[float]
+    prepopulate_failed: int
+    cpu: Dict[str, float]  # percent of the whole machine (all cores)
+    load: str
+    scrape_cpu_ms: Optional[float]  # gateway CPU per scrape (per shard), from a window without pushes
+    push_cpu_us: Optional[float]  # gateway CPU per push: the load window's CPU minus its scrapes'
+
+    def passed(self) -> bool:
+        return (
+            self.failed == 0
+            and self.prepopulate_failed == 0
+            and self.p99_ms < P99_LIMIT * 1000
+            and self.scrape_max_s is not None
+            and self.scrape_max_s < SCRAPE_LIMIT
+            and self.up_min == 1
+            and self.achieved >= ACHIEVED_MIN * self.offered
+        )
+
+    def why_not(self) -> str:
+        reasons = []
+        if self.failed or self.prepopulate_failed:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
+            reasons.append(f"failed pushes ({kinds or f'prepopulate {self.prepopulate_failed}'})")
+        if self.p99_ms >= P99_LIMIT * 1000:
+            reasons.append("p99 >= 250 ms")
+        if self.scrape_max_s is None or self.scrape_max_s >= SCRAPE_LIMIT or self.up_min != 1:
+            reasons.append("scrape >= 1 s or up 0")
+        if self.achieved < ACHIEVED_MIN * self.offered:
+            reasons.append("achieved < 95 % of offered")
+        return "; ".join(reasons)
+
+
+def percentile(values: List[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace, subject: Subject) -> Step:
+    base = StepCommand(
+        host="127.0.0.1",
+        ports=server.gateway_ports,
+        devices=n,
+        prepopulate_only=True,
+        start=0.0,
+        duration=args.duration,
+        interval=args.interval,
+        timeout=args.timeout,
+        gzip=subject.gzip,
+        keepalive=subject.keepalive,
+        body_format=subject.body_format,
+    )
+    prepopulated = generator.run(base, timeout=120)
+    pids = {
+        "gen": generator.pids(),
+        "gateway": [g.pid for g in server.gateways],
+        "prometheus": [server.prometheus.process.pid],
+    }
+    # A window of scrapes without pushes: the gateway's CPU per scrape of N groups, a figure that
+    # contention on a shared machine stretches in time but hardly changes.
+    time.sleep(args.interval + 0.5)
+    quiet_cpu_before, quiet_start = sum(process_cpu(p) for p in pids["gateway"]), time.time()
+    time.sleep(QUIET_SECONDS)
+    quiet_cpu, quiet_end = sum(process_cpu(p) for p in pids["gateway"]) - quiet_cpu_before, time.time()
+    cpu_before = {k: sum(process_cpu(p) for p in v) for k, v in pids.items()}
+    busy_before, total_before = machine_cpu()
+    start = time.monotonic() + 0.5
+    wall_start = time.time() + 0.5
+    load = StepCommand(**{**base.__dict__, "prepopulate_only": False, "start": start})
+    result = generator.run(load, timeout=args.duration + 60)
+    wall_end = time.time()
+    busy_after, total_after = machine_cpu()
+    cpu_after = {k: sum(process_cpu(p) for p in v) for k, v in pids.items()}
+    span = total_after - total_before
+    cpu = {k: 100 * (cpu_after[k] - cpu_before[k]) / span for k in pids}
+    cpu["machine"] = 100 * (busy_after - busy_before) / span
+    cpu["other"] = cpu["machine"] - cpu["gen"] - cpu["gateway"] - cpu["prometheus"]
+    time.sleep(2.5)  # the last scrape of the window is in the TSDB
+    window = f"{max(1, int(wall_end - wall_start))}s"
+    selector = '{job="pushgateway"}'
+    over = f"{selector}[{window}]"
+    failed = sum(result.failures.values())
+    quiet = f"{selector}[{max(1, int(quiet_end - quiet_start))}s]"
+    quiet_scrapes = prometheus_value(server, f"sum(count_over_time(up{quiet}))", quiet_end) or 0
+    load_scrapes = prometheus_value(server, f"sum(count_over_time(up{over}))", wall_end) or 0
+    scrape_cpu = quiet_cpu / quiet_scrapes if quiet_scrapes else None
+    attempts = len(result.latencies) + failed
+    gateway_cpu = (cpu_after["gateway"] - cpu_before["gateway"]) - (scrape_cpu or 0) * load_scrapes
+    return Step(
+        scrape_cpu_ms=None if scrape_cpu is None else 1000 * scrape_cpu,
+        push_cpu_us=1e6 * max(0.0, gateway_cpu) / attempts if attempts and scrape_cpu is not None else None,
+        devices=n,
+        offered=n / args.interval,
+        achieved=len(result.latencies) / args.duration,
+        failed=failed,
+        failures=dict(result.failures + prepopulated.failures),
+        p50_ms=1000 * percentile(result.latencies, 0.50),
+        p99_ms=1000 * percentile(result.latencies, 0.99),
+        lag_p99_ms=1000 * percentile(result.lags, 0.99),
+        scrape_max_s=prometheus_value(server, f"max(max_over_time(scrape_duration_seconds{over}))", wall_end),
+        up_min=prometheus_value(server, f"min(min_over_time(up{over}))", wall_end),
+        samples=prometheus_value(server, f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end),
+        prepopulate_failed=sum(prepopulated.failures.values()),
+        cpu=cpu,
+        load=loadavg(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+HEADER = (
+    f"{'subject':<14}{'N':>6}{'offered/s':>10}{'achieved/s':>11}{'failed':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    f"{'lag99 ms':>9}{'scrape s':>9}{'up':>4}{'samples':>9}{'gen%':>6}{'gw%':>6}{'prom%':>6}{'other%':>7}"
+    f"{'scrapeCPU ms':>13}{'pushCPU us':>11}"
+    f"  {'load 1/5/15':<17} {'verdict'}"
+)
+
+
+def fmt(value: Optional[float], spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def row(label: str, step: Step) -> str:
+    verdict = "pass" if step.passed() else f"FAIL: {step.why_not()}"
+    return (
+        f"{label:<14}{step.devices:>6}{step.offered:>10.0f}{step.achieved:>11.0f}"
+        f"{step.failed + step.prepopulate_failed:>8}{step.p50_ms:>8.1f}{step.p99_ms:>8.1f}{step.lag_p99_ms:>9.1f}"
+        f"{fmt(step.scrape_max_s, '.3f'):>9}{fmt(step.up_min, '.0f'):>4}{fmt(step.samples, '.0f'):>9}"
+        f"{step.cpu['gen']:>6.1f}{step.cpu['gateway']:>6.1f}{step.cpu['prometheus']:>6.1f}{step.cpu['other']:>7.1f}"
+        f"{fmt(step.scrape_cpu_ms, '.0f'):>13}{fmt(step.push_cpu_us, '.0f'):>11}"
+        f"  {step.load:<17} {verdict}"
+    )
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def binary_version(binary: str) -> str:
+    result = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    return (result.stdout or result.stderr).splitlines()[0].strip()
+
+
+def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device]) -> List[str]:
+    sizes = sorted(len(d.bodies["text"]) for d in devices)
+    gz = sorted(len(d.gzipped["text"]) for d in devices)
+    return [
+        "# bench/ingest.py: devices one server ingests at a 1 s interval",
+        f"host: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
+        f"pushgateway: {binary_version(PUSHGATEWAY_BIN)}",
+        f"prometheus: {binary_version(PROMETHEUS_BIN)}",
+        f"load average at start: {loadavg()}",
+        f"payload: files/push_monitor.py --print --top-n 10: {series_per_device(exposition)} series per device "
+        f"(+2 the gateway adds: push_time_seconds, push_failure_time_seconds), body {sizes[len(sizes) // 2]} bytes "
+        f"({gz[len(gz) // 2]} gzipped), {len(devices)} distinct serials",
+        f"load: interval {args.interval:g} s, push timeout {args.timeout:g} s, {args.duration:g} s per step, "
+        f"{args.workers} generator processes, ramp {','.join(map(str, args.ramp))}",
+        f"pass: 0 failed pushes, p99 < {P99_LIMIT * 1000:.0f} ms, scrape_duration_seconds < {SCRAPE_LIMIT:g} s and "
+        f"up == 1 all step, achieved >= {ACHIEVED_MIN:.0%} of offered",
+        "CPU columns: percent of the whole machine (all cores) over the step's load window, from /proc;"
+        " other% = everything else on this shared machine; lag99 = how late the generator itself started pushes",
+        f"scrapeCPU ms: gateway CPU per scrape of the N groups (per shard), from {QUIET_SECONDS:g} s of scrapes "
+        "without pushes; pushCPU us: gateway CPU per push (load window minus its scrapes); both hardly depend "
+        "on contention",
+    ]
+
+
+def summary_lines(results: Dict[str, List[Step]], subjects: List[Subject]) -> List[str]:
+    best = {s.label: max((st.devices for st in results.get(s.label, []) if st.passed()), default=0) for s in subjects}
+    lines = ["", "# largest N with zero failed pushes, p99 < 250 ms and scrape < 1 s"]
+    first = subjects[0].label
+    for subject in subjects:
+        steps = results.get(subject.label, [])
+        passing = [st for st in steps if st.passed()]
+        top = max(passing, key=lambda st: st.devices) if passing else None
+        detail = (
+            f" (p99 {top.p99_ms:.1f} ms, scrape {fmt(top.scrape_max_s, '.3f')} s, {top.achieved:.0f} pushes/s)"
+            if top
+            else ""
+        )
+        limited = "" if len(passing) < len(steps) else " (ramp ended without a failing step: a lower bound)"
+        lines.append(f"{subject.label}: {best[subject.label]} devices{detail}{limited}")
+    for subject in subjects[1:]:
+        denominator = best[first]
+        if denominator:
+            ratio = best[subject.label] / denominator
+            verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+            lines.append(f"ratio {subject.label}/{first} = {ratio:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
+        else:  # no passing step to divide by: not a pass, whatever the numerator
+            lines.append(
+                f"ratio {subject.label}/{first} = n/a ({first} passed no step; target >= {TARGET_RATIO:g}x: MISS)"
+            )
+        lines.append(
+            f"{subject.label} devices = {best[subject.label]} (target >= {TARGET_DEVICES}: "
+            f"{'PASS' if best[subject.label] >= TARGET_DEVICES else 'MISS'})"
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def ramp_subject(
+    subject: Subject, args: argparse.Namespace, generator: Generator, workdir: Path, deadline: float
+) -> List[Step]:
+    server = start_server(subject, workdir)
+    steps: List[Step] = []
+    try:
+        say(f"## {subject.label}: {subject.describe()}")
+        say(f"   gateway flags: {' '.join(server.gateway_flags)}")
+        say(f"   prometheus flags: {' '.join(server.prometheus_flags)}")
+        for n in (n for n in args.ramp if n >= subject.start_at):
+            if time.monotonic() > deadline:
+                say(f"   (stopped: --max-minutes {args.max_minutes:g} reached)")
+                break
+            if any(g.poll() is not None for g in server.gateways):
+                raise BenchError(f"a {subject.label} pushgateway exited")
+            step = run_step(server, generator, n, args, subject)
+            steps.append(step)
+            say(row(subject.label, step))
+            if not step.passed():
+                break
+    finally:
+        stop_server(server)
+    return steps
+
+
+def run(args: argparse.Namespace) -> None:
+    for binary in (PUSHGATEWAY_BIN, PROMETHEUS_BIN):
+        if not os.access(binary, os.X_OK):
+            raise BenchError(f"{binary} is missing (apt install prometheus prometheus-pushgateway)")
+    exposition = agent_exposition()
+    devices = build_devices(max(args.ramp), exposition, sorted({s.body_format for s in args.subjects} | {"text"}))
+    for line in header_lines(args, exposition, devices):
+        say(line)
+    deadline = time.monotonic() + 60 * args.max_minutes
+    generator = Generator(args.workers, devices)
+    results: Dict[str, List[Step]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            say("")
+            say(HEADER)
+            for subject in args.subjects:
+                workdir = Path(tmp) / subject.label
+                workdir.mkdir()
+                results[subject.label] = ramp_subject(subject, args, generator, workdir, deadline)
+    finally:
+        generator.stop()
+    for line in summary_lines(results, args.subjects):
+        say(line)
+    say(f"load average at end: {loadavg()}")
+
+
+def interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        run(args)
+    except BenchError as err:
+        print(f"bench/ingest.py: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench/ingest.py: interrupted", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
