@@ -64,6 +64,21 @@ def http_get(
         return response.read()
 
 
+def processes_marked(marker: str) -> List[int]:
+    """Pids whose environment carries marker: every process a benchmark starts inherits it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            continue  # gone, or a kernel thread
+    return found
+
+
 class Pushgateway:
     """A real Pushgateway process; restartable on the same port for outage tests."""
 

@@ -11,11 +11,10 @@ import re
 import subprocess
 import sys
 import uuid
-from typing import List
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, processes_marked
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +28,6 @@ ROW = (
     r"(?P<scrape_cpu>" + NUMBER + r")\s+(?P<push_cpu>" + NUMBER + r")\s+"
     r"[\d.]+ [\d.]+ [\d.]+\s+(?P<verdict>pass|FAIL: .+)$"
 )
-
-
-def processes_marked(marker: str) -> List[int]:
-    """Pids whose environment carries marker: every process the benchmark starts inherits it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue  # gone, or a kernel thread
-    return found
 
 
 def test_quick_run_reports_both_subjects_every_step_and_the_ratio() -> None:

@@ -13,31 +13,15 @@ import re
 import subprocess
 import sys
 import uuid
-from typing import List
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, processes_marked
 
 pytestmark = pytest.mark.integration
 
 BENCH = ROOT / "bench" / "agent_cost.py"
 ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$"
-
-
-def processes_marked(marker: str) -> List[int]:
-    """Pids whose environment carries marker: every process the benchmark starts inherits it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue  # gone, or a kernel thread
-    return found
 
 
 def test_quick_run_reports_four_subjects_three_targets_and_the_tls_cost() -> None:
