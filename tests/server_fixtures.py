@@ -6,6 +6,7 @@ Imported by the server tests; the lead's conftest.py provides Pushgateway, free_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
-from conftest import ROOT, agent_command, agent_env, free_port, http_get, stop_process, wait_until
+from conftest import ROOT, Pushgateway, agent_command, agent_env, free_port, http_get, stop_process, wait_until
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
@@ -198,6 +199,58 @@ class Agent:
     def stop(self) -> None:
         stop_process(self.process)
         self.process = None
+
+
+class FleetServer:
+    """A Pushgateway and a Prometheus configured by the roles' rendered files, and agents pushing."""
+
+    def __init__(self, gateway: Pushgateway, render: Path) -> None:
+        self.gateway = gateway
+        self.render = render
+        self.agents: List[Agent] = []
+        self.prometheus: Optional[Prometheus] = None
+        self.started = 0.0  # when Prometheus was started (time.time())
+
+
+@contextlib.contextmanager
+def fleet_server(
+    workdir: Path,
+    devices: List[Tuple[str, str, float]],
+    overrides: Dict[str, Any],
+    prometheus_port: Optional[int] = None,
+) -> Iterator[FleetServer]:
+    """Renders the roles' server config (defaults, the test's gateway as the target, plus overrides),
+    starts the gateway with the roles' flags, one agent per (serial, job, interval) and Prometheus;
+    stops them all on the way out."""
+    gateway = Pushgateway(workdir)
+    render = render_server_config(
+        workdir / "render",
+        {
+            "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
+            "prometheus_pushgateway_targets": [host_port(gateway.url)],
+            **overrides,
+        },
+    )
+    server = FleetServer(gateway, render)
+    try:
+        gateway.extra_args = pushgateway_role_args(render / "flags" / "pushgateway.env")
+        gateway.start()
+        for serial, job, interval in devices:
+            agent = Agent(workdir, gateway.url, serial, job, interval)
+            agent.start()
+            server.agents.append(agent)
+        config = render / "prometheus" / "prometheus.yml"
+        flags = read_flags(render / "flags" / "prometheus.env")
+        server.prometheus = Prometheus(workdir, config, flags, port=prometheus_port)
+        server.started = time.time()
+        server.prometheus.start()
+        yield server
+    finally:
+        for agent in server.agents:
+            agent.stop()
+        if server.prometheus is not None:
+            server.prometheus.stop()
+        gateway.stop()
 
 
 def grafana_rate_interval(datasource_file: Path, step_seconds: float) -> str:

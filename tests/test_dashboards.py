@@ -8,23 +8,21 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
 
-from conftest import Pushgateway, wait_until
+from conftest import wait_until
 from server_fixtures import (
     COMMITTED_RENDER,
     ROOT,
-    Agent,
+    FleetServer,
     Prometheus,
+    fleet_server,
     grafana_rate_interval,
     iter_targets,
     load_dashboards,
-    read_flags,
-    render_server_config,
     substitute,
 )
 
@@ -57,55 +55,17 @@ REQUIRED_QUERIES = {
 DROPDOWN_QUERY = "label_values(app_cpu_usage_percent, device_serial)"
 
 
-class Stack:
-    def __init__(self, prometheus: Prometheus, gateway: Pushgateway, agents: List[Agent], render: Path) -> None:
-        self.prometheus = prometheus
-        self.gateway = gateway
-        self.agents = agents
-        self.render = render
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
     workdir = tmp_path_factory.mktemp("server-stack")
-    gateway_flags = read_flags(COMMITTED_RENDER / "flags" / "pushgateway.env")
-    gateway = Pushgateway(workdir)
-    # The roles' Pushgateway flags; the fixture class sets its own port, persistence file and admin API.
-    gateway.extra_args = [
-        flag
-        for flag in gateway_flags
-        if not flag.startswith(("--web.listen-address", "--web.enable-admin-api", "--persistence.file"))
-    ]
-    assert "--push.disable-consistency-check" in gateway.extra_args
-    gateway.start()
-    agents: List[Agent] = []
-    prometheus = None
-    try:
-        render = render_server_config(
-            workdir / "render",
-            {
-                "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
-                "prometheus_pushgateway_targets": [gateway.url.split("//", 1)[1]],
-                "prometheus_self_target": "127.0.0.1:9",
-                # Rules every second so that the 3 x 1 s alert shows within the test's patience.
-                "prometheus_evaluation_interval": "1s",
-            },
-        )
-        prometheus = Prometheus(
-            workdir, render / "prometheus" / "prometheus.yml", read_flags(render / "flags" / "prometheus.env")
-        )
-        prometheus.start()
-        for serial, job, interval in DEVICES:
-            agent = Agent(workdir, gateway.url, serial, job, interval)
-            agent.start()
-            agents.append(agent)
-        yield Stack(prometheus, gateway, agents, render)
-    finally:
-        for agent in agents:
-            agent.stop()
-        if prometheus is not None:
-            prometheus.stop()
-        gateway.stop()
+    overrides = {
+        "prometheus_self_target": "127.0.0.1:9",
+        # Rules every second so that the 3 x 1 s alert shows within the test's patience.
+        "prometheus_evaluation_interval": "1s",
+    }
+    with fleet_server(workdir, DEVICES, overrides) as server:
+        assert "--push.disable-consistency-check" in server.gateway.extra_args
+        yield server
 
 
 def dropdown_values(prometheus: Prometheus, dashboard: Dict[str, Any]) -> List[str]:
@@ -147,7 +107,7 @@ def rfc3339_timestamp(text: str) -> float:
     return whole.timestamp() + float(match.group(2) or 0)
 
 
-def grafana_variables(stack: Stack, device_serial: str = "") -> Dict[str, str]:
+def grafana_variables(stack: FleetServer, device_serial: str = "") -> Dict[str, str]:
     datasource = stack.render / "grafana" / "provisioning" / "datasources" / "fleet-monitor.yml"
     rate_interval = grafana_rate_interval(datasource, STEP_SECONDS)
     return {
@@ -212,7 +172,7 @@ def test_fleet_dashboard_reads_recording_rules_that_exist() -> None:
 
 
 @pytest.mark.integration
-def test_dropdown_lists_exactly_the_pushing_devices(stack: Stack) -> None:
+def test_dropdown_lists_exactly_the_pushing_devices(stack: FleetServer) -> None:
     dashboard = load_dashboards()["device.json"]
     expected = sorted(serial for serial, _, _ in DEVICES)
     wait_until(lambda: dropdown_values(stack.prometheus, dashboard) == expected, 30, 0.5, message="all serials")
@@ -220,7 +180,7 @@ def test_dropdown_lists_exactly_the_pushing_devices(stack: Stack) -> None:
 
 
 @pytest.mark.integration
-def test_every_device_panel_query_returns_data_for_every_device(stack: Stack) -> None:
+def test_every_device_panel_query_returns_data_for_every_device(stack: FleetServer) -> None:
     dashboard = load_dashboards()["device.json"]
     queries = [
         (f"{serial} / {title}", instant, expr)
@@ -233,7 +193,7 @@ def test_every_device_panel_query_returns_data_for_every_device(stack: Stack) ->
 
 
 @pytest.mark.integration
-def test_device_queries_are_scoped_to_the_selected_device(stack: Stack) -> None:
+def test_device_queries_are_scoped_to_the_selected_device(stack: FleetServer) -> None:
     serial = DEVICES[1][0]
     expr = substitute('total_cpu_usage_percent{device_serial="$device_serial"}', grafana_variables(stack, serial))
     wait_until(lambda: stack.prometheus.instant(expr), 30, 0.5, message=expr)
@@ -243,7 +203,7 @@ def test_device_queries_are_scoped_to_the_selected_device(stack: Stack) -> None:
 
 
 @pytest.mark.integration
-def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: Stack) -> None:
+def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: FleetServer) -> None:
     dashboard = load_dashboards()["fleet.json"]
     queries = list(panel_queries(dashboard, grafana_variables(stack)))
     live = [q for q in queries if SILENT_TABLE_RECORD not in q[2]]
@@ -257,7 +217,7 @@ def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: Stack)
 
 
 @pytest.mark.integration
-def test_every_rule_loads(stack: Stack) -> None:
+def test_every_rule_loads(stack: FleetServer) -> None:
     groups = stack.prometheus.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
     assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == {
@@ -275,7 +235,7 @@ def test_every_rule_loads(stack: Stack) -> None:
 
 
 @pytest.mark.integration
-def test_stopped_device_fires_device_silent_and_fills_the_silent_table(stack: Stack) -> None:
+def test_stopped_device_fires_device_silent_and_fills_the_silent_table(stack: FleetServer) -> None:
     """Runs last in this module: it stops the critical device's agent."""
     serial, job, interval = SILENCED
     # Everyone was live before: the alert below is caused by the stop.

@@ -25,20 +25,17 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator
 
 import pytest
 
-from conftest import Pushgateway, free_port, wait_until
+from conftest import free_port, wait_until
 from server_fixtures import (
-    Agent,
+    FleetServer,
     Prometheus,
     Samples,
-    host_port,
-    pushgateway_role_args,
+    fleet_server,
     raw_samples,
-    read_flags,
-    render_server_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,45 +50,13 @@ STOP_TIMEOUT = 120
 RULE_KEYS = ("name", "type", "query", "duration", "labels", "annotations")
 
 
-class Server:
-    def __init__(self, prometheus: Prometheus, started: float) -> None:
-        self.prometheus = prometheus
-        self.started = started
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[FleetServer]:
     """Function scope: every variant gets a fresh TSDB."""
-    gateway = Pushgateway(tmp_path)
     port = free_port()
-    agents: List[Agent] = []
-    prometheus = None
-    try:
-        render = render_server_config(
-            tmp_path / "render",
-            {
-                "prometheus_rules_dir": str(tmp_path / "render" / "prometheus" / "rules"),
-                "prometheus_pushgateway_targets": [host_port(gateway.url)],
-                "prometheus_self_target": f"127.0.0.1:{port}",
-            },
-        )
-        gateway.extra_args = pushgateway_role_args(render / "flags" / "pushgateway.env")
-        gateway.start()
-        for serial, job in DEVICES:
-            agent = Agent(tmp_path, gateway.url, serial, job, INTERVAL)
-            agent.start()
-            agents.append(agent)
-        config = render / "prometheus" / "prometheus.yml"
-        prometheus = Prometheus(tmp_path, config, read_flags(render / "flags" / "prometheus.env"), port=port)
-        started = time.time()
-        prometheus.start()
-        yield Server(prometheus, started)
-    finally:
-        for agent in agents:
-            agent.stop()
-        if prometheus is not None:
-            prometheus.stop()
-        gateway.stop()
+    devices = [(serial, job, INTERVAL) for serial, job in DEVICES]
+    with fleet_server(tmp_path, devices, {"prometheus_self_target": f"127.0.0.1:{port}"}, port) as fleet:
+        yield fleet
 
 
 def running_state(prometheus: Prometheus) -> Dict[str, Any]:
@@ -167,7 +132,7 @@ def latest_timestamps(prometheus: Prometheus, expr: str, label: str) -> Dict[str
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm-clean-stop", "sigkill-crash"])
-def test_restart_keeps_config_rules_and_every_sample(server: Server, sig: signal.Signals) -> None:
+def test_restart_keeps_config_rules_and_every_sample(server: FleetServer, sig: signal.Signals) -> None:
     prometheus = server.prometheus
     wait_for_history(prometheus)
     before_state = running_state(prometheus)

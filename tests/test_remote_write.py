@@ -15,16 +15,12 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 import yaml
 
-from conftest import Pushgateway, free_port, wait_until
+from conftest import free_port, wait_until
 from server_fixtures import (
-    Agent,
     Prometheus,
     Samples,
-    host_port,
-    pushgateway_role_args,
+    fleet_server,
     raw_samples,
-    read_flags,
-    render_server_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -77,39 +73,20 @@ def start_receiver(workdir: Path) -> Prometheus:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteWriteStack]:
     workdir = tmp_path_factory.mktemp("remote-write")
     receiver = start_receiver(workdir / "receiver")
-    gateway = Pushgateway(workdir)
-    sender_port = free_port()
-    agents: List[Agent] = []
-    sender = None
     try:
         # Taken before anything can write to it: the receiver's own baseline.
         receiver_before = receiver.instant(EVERYTHING)
-        render = render_server_config(
-            workdir / "render",
-            {
-                "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
-                "prometheus_pushgateway_targets": [host_port(gateway.url)],
-                "prometheus_self_target": f"127.0.0.1:{sender_port}",
-                "prometheus_external_labels": EXTERNAL_LABELS,
-                "prometheus_remote_write": [{"name": "receiver", "url": f"{receiver.url}/api/v1/write"}],
-            },
-        )
-        gateway.extra_args = pushgateway_role_args(render / "flags" / "pushgateway.env")
-        gateway.start()
-        config_file = render / "prometheus" / "prometheus.yml"
-        sender = Prometheus(workdir, config_file, read_flags(render / "flags" / "prometheus.env"), port=sender_port)
-        sender.start()
-        for serial, job in DEVICES:
-            agent = Agent(workdir, gateway.url, serial, job, INTERVAL)
-            agent.start()
-            agents.append(agent)
-        yield RemoteWriteStack(sender, receiver, receiver_before, yaml.safe_load(config_file.read_text()))
+        sender_port = free_port()
+        overrides = {
+            "prometheus_self_target": f"127.0.0.1:{sender_port}",
+            "prometheus_external_labels": EXTERNAL_LABELS,
+            "prometheus_remote_write": [{"name": "receiver", "url": f"{receiver.url}/api/v1/write"}],
+        }
+        devices = [(serial, job, INTERVAL) for serial, job in DEVICES]
+        with fleet_server(workdir, devices, overrides, sender_port) as fleet:
+            config = yaml.safe_load((fleet.render / "prometheus" / "prometheus.yml").read_text())
+            yield RemoteWriteStack(fleet.prometheus, receiver, receiver_before, config)
     finally:
-        for agent in agents:
-            agent.stop()
-        if sender is not None:
-            sender.stop()
-        gateway.stop()
         receiver.stop()
 
 
