@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
-import ipaddress
 import math
 import os
 import platform
@@ -293,42 +291,12 @@ def make_tls_setup(directory: Path) -> TlsSetup:
     # Imported here: only this subject needs them, and a missing package must be one clear line.
     try:
         import bcrypt
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+
+        from throwaway_pki import make_pki
     except ImportError as err:
         raise BenchError(f"the TLS subject needs cryptography and bcrypt ({err}): run with .venv/bin/python") from None
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    pem = serialization.Encoding.PEM
-
-    def certificate(name: str, key, issuer: x509.Name, issuer_key, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ca:
-            usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-            builder = builder.add_extension(usage, critical=True)
-        else:
-            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agent_cost bench CA")])
-    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_file.write_bytes(certificate("agent_cost bench CA", ca_key, ca_name, ca_key, True).public_bytes(pem))
-    cert_file.write_bytes(certificate("127.0.0.1", server_key, ca_name, ca_key, False).public_bytes(pem))
-    key_file.write_bytes(server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    key_file.chmod(0o600)
+    ca_file, cert_file, key_file = make_pki(directory, "agent-cost-bench")
     password = secrets.token_urlsafe(24)
     password_file = directory / "password"
     password_file.write_text(password + "\n")

@@ -23,6 +23,8 @@ AGENT = ROOT / "files" / "push_monitor.py"
 PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 sys.path.insert(0, str(AGENT.parent))
+# bench/throwaway_pki.py: the benchmark's and the TLS tests' throwaway CA.
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def free_port() -> int:
