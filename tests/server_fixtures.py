@@ -29,8 +29,8 @@ ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 RENDER_PLAYBOOK = ROOT / "playbooks" / "render-server-config.yml"
 COMPOSE_VARS = ROOT / "server" / "compose-vars.yml"
 COMMITTED_RENDER = ROOT / "server" / "compose"
-DASHBOARDS_DIR = ROOT / "server" / "grafana" / "dashboards"
-RULE_TESTS = ROOT / "server" / "prometheus" / "tests" / "fleet-rules.test.yml"
+DASHBOARDS_DIR = ROOT / "roles" / "grafana" / "files" / "dashboards"
+RULE_TESTS = ROOT / "tests" / "fleet-rules.test.yml"
 
 
 def render_server_config(
