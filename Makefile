@@ -13,6 +13,8 @@ IMAGES := device-debian12 device-debian13 server-debian12
 
 setup: host venv
 
+# Installs and configures the host's packages and podman, then reports each capability the project
+# needs (scripts/setup-host.sh --check alone only reports).
 host:
 	bash scripts/setup-host.sh
 
@@ -31,7 +33,7 @@ pytest: setup
 molecule: setup
 	@set -e; for scenario in $(MOLECULE_SCENARIOS); do \
 	  echo "== molecule test -s $$scenario"; \
-	  $(BIN)/molecule test -s $$scenario; \
+	  flock /var/tmp/fleet-molecule-$$scenario.lock $(BIN)/molecule test -s $$scenario; \
 	done
 
 lint: venv
