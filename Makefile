@@ -20,6 +20,7 @@ host:
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt files/requirements.txt
+	@echo "venv: installing the controller tools from requirements.txt into $(VENV) (a minute or two)"
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -45,8 +46,8 @@ lint: venv
 images: host
 	bash scripts/images.sh $(IMAGES)
 
-# The local lab: a Pushgateway and three devices (critical / regular / dev) in systemd containers,
-# rolled out with site.yml, then a table of what the gateway sees. Safe to rerun.
+# The local lab: a monitoring server and three devices (critical / regular / dev) in systemd
+# containers, rolled out with site.yml, then the device table as Prometheus sees it. Safe to rerun.
 lab: setup
 	bash scripts/lab.sh up
 
