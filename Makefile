@@ -13,11 +13,14 @@ IMAGES := device-debian12 device-debian13 server-debian12
 
 setup: host venv
 
+# Installs and configures the host's packages and podman, then reports each capability the project
+# needs (scripts/setup-host.sh --check alone only reports).
 host:
 	bash scripts/setup-host.sh
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt files/requirements.txt
+	@echo "venv: installing the controller tools from requirements.txt into $(VENV) (a minute or two)"
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -31,7 +34,7 @@ pytest: setup
 molecule: setup
 	@set -e; for scenario in $(MOLECULE_SCENARIOS); do \
 	  echo "== molecule test -s $$scenario"; \
-	  $(BIN)/molecule test -s $$scenario; \
+	  flock /var/tmp/fleet-molecule-$$scenario.lock $(BIN)/molecule test -s $$scenario; \
 	done
 
 lint: venv
@@ -43,8 +46,8 @@ lint: venv
 images: host
 	bash scripts/images.sh $(IMAGES)
 
-# The local lab: a Pushgateway and three devices (critical / regular / dev) in systemd containers,
-# rolled out with site.yml, then a table of what the gateway sees. Safe to rerun.
+# The local lab: a monitoring server and three devices (critical / regular / dev) in systemd
+# containers, rolled out with site.yml, then the device table as Prometheus sees it. Safe to rerun.
 lab: setup
 	bash scripts/lab.sh up
 

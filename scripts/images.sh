@@ -10,7 +10,7 @@ MIRROR=${FLEET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Minimal systemd hosts; python3 because Ansible needs it. No psutil: the role's install must really run.
 BASE_PACKAGES=systemd,systemd-sysv,python3,ca-certificates
 usage() {
-  echo "usage: $0 NAME...   (NAME: device-debian12 device-debian13 server-debian12 server-debian13)" >&2
+  echo "usage: $0 NAME...   (NAME: device-debian12 device-debian13 server-debian12)" >&2
   exit 2
 }
 
@@ -21,7 +21,6 @@ recipe() {
     device-debian13) echo "trixie $BASE_PACKAGES" ;;
     # The server components come preinstalled (Debian packages) so the scenarios skip that download.
     server-debian12) echo "bookworm $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
-    server-debian13) echo "trixie $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
     *) return 1 ;;
   esac
 }
@@ -38,14 +37,14 @@ build() {
     echo "images: $tag is up to date ($hash)"
     return 0
   fi
-  echo "images: building $tag from $suite ($packages)"
+  echo "images: building $tag from $suite ($packages): a few minutes, mmdebstrap's progress follows"
   workdir=$(mktemp -d /var/tmp/fleet-image.XXXXXX)
   # shellcheck disable=SC2064  # expand now: the trap must remove this build's directory
   trap "rm -rf '$workdir'" RETURN
   # No recommends keeps the images small; apt lists are kept out so images stay stable, and the
   # role refreshes them itself. An empty machine-id lets podman --systemd=always give each
   # container its own, as a freshly provisioned device would have.
-  mmdebstrap --quiet --variant=minbase --include="$packages" \
+  mmdebstrap --variant=minbase --include="$packages" \
     --aptopt='APT::Install-Recommends "false"' \
     --customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
     "$suite" "$workdir/rootfs.tar" "$MIRROR"

@@ -61,11 +61,24 @@ server_url() {
   echo "$scheme://$(server_ip):$1"
 }
 
+# Stops in seconds, naming what is missing, instead of failing minutes later in the rollout.
+check_host() {
+  local report
+  if ! report=$(scripts/setup-host.sh --check); then
+    grep MISSING <<<"$report" | sed 's/^ *MISSING */lab: host is missing /' >&2
+    echo "lab: run scripts/setup-host.sh (make lab does) to install and configure it" >&2
+    exit 1
+  fi
+}
+
 up() {
+  check_host
+  log "container images (built once from the Debian archive, a few minutes each; cached afterwards)"
   scripts/images.sh "${IMAGES[@]}"
   podman network exists "$NETWORK" || podman network create "$NETWORK" >/dev/null
   for name in "${CONTAINERS[@]}"; do start_container "$name"; done
   for name in "${CONTAINERS[@]}"; do wait_for_systemd "$name"; done
+  scripts/check-network.sh "$NETWORK" "${CONTAINERS[@]}" | sed 's/^/lab: /'
   # Grafana is installed from its official repository; where that is unreachable (as on the
   # project's CI machines) the lab goes on without the Grafana package, its files still rendered.
   local skip=()
@@ -77,7 +90,7 @@ up() {
   # devices use its name).
   local names
   names=$(printf '{"fleet_pki_server_names": ["%s"]}' "$(server_ip)")
-  log "rolling out: ansible-playbook -i inventory/lab site.yml"
+  log "rolling out: ansible-playbook -i inventory/lab site.yml (the first run installs packages in every container: a few minutes)"
   "$BIN/ansible-playbook" -i inventory/lab "${skip[@]}" -e "$names" site.yml
   # The device table as Prometheus sees it: scraped from the gateway, ages from the recording rule.
   "$BIN/python" scripts/lab_table.py --inventory inventory/lab --prometheus "$(server_url 9090)" --wait 30 \
