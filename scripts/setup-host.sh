@@ -15,7 +15,7 @@ DEBIAN_PACKAGES=(
   # iptables for netavark's NAT rules, mmdebstrap to build the images
   podman runc netavark aardvark-dns iptables uidmap mmdebstrap
   # the real server components the tests start themselves
-  prometheus prometheus-pushgateway prometheus-node-exporter
+  prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter
   # venv for the controller tools; the agent's distro dependencies for the compatibility test
   python3-venv python3-psutil python3-prometheus-client
   curl ca-certificates make git
