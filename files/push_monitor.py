@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 __version__ = "1.0.0"
@@ -43,6 +43,17 @@ MAX_DEFAULT_TIMEOUT = 10.0
 MIN_INTERVAL, MAX_INTERVAL = 0.1, 86400.0
 # Every app is two series on the gateway and in Prometheus: a bound on the device's cardinality.
 MAX_TOP_N = 100
+# Groups of metrics --disable can turn off (docs/agent.md lists the metrics of each).
+METRIC_GROUPS = ("network", "disk", "diskio", "temperature", "battery")
+# Bounds on label sets that depend on the hardware: a host with hundreds of mounts or disks
+# (container hosts, SAN clients) reports the first ones, not a series explosion.
+MAX_FILESYSTEMS = 32
+MAX_DISKS = 32
+MAX_SENSORS = 64
+# Read-only images (snap packages, live media) are always full: their usage tells nothing.
+IMAGE_FILESYSTEMS = frozenset({"squashfs", "iso9660", "udf", "cramfs", "erofs"})
+# Not storage: the root mount of a container (overlay) is reported anyway, as "/".
+PSEUDO_FILESYSTEMS = frozenset({"tmpfs", "devtmpfs", "ramfs", "proc", "sysfs", "overlay", "aufs", "nsfs", "rootfs"})
 SYSTEM_STATE_DIR = "/var/lib/push-monitor"
 SERIAL_STATE_FILE = "device-serial"
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -140,6 +151,7 @@ class Config(NamedTuple):
     print_only: bool = False
     print_serial: bool = False
     delete_on_exit: bool = False
+    disabled: FrozenSet[str] = frozenset()
 
     def __repr__(self) -> str:
         shown = (  # the password never appears in a log or a traceback
@@ -221,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete the device's group from the gateway on SIGTERM/SIGINT (bounded by --timeout)",
     )
+    add(
+        "--disable",
+        metavar="GROUPS",
+        help=f"metric groups not to collect, comma-separated: {', '.join(METRIC_GROUPS)} [env PUSH_DISABLE]",
+    )
     add("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -246,6 +263,15 @@ def require_utf8(value: str, source: str) -> str:
     except UnicodeEncodeError:
         raise ConfigError(f"{source}: not valid UTF-8 text") from None
     return value
+
+
+def parse_disabled_groups(raw: str, source: str) -> FrozenSet[str]:
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRIC_GROUPS]
+    if unknown:
+        known = ", ".join(METRIC_GROUPS)
+        raise ConfigError(f"{source}={raw!r}: unknown metric group(s) {', '.join(unknown)}; known: {known}")
+    return frozenset(names)
 
 
 def parse_number(raw: str, source: str, low: float, high: float, unit: str = "seconds") -> float:
@@ -380,13 +406,15 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     level = (level or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}={level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    raw, source = _pick(args, "--disable", env, "PUSH_DISABLE")
+    disabled = parse_disabled_groups(raw, source) if raw is not None else frozenset()
     username, password = _credentials(args, env)
     tls = _tls_files(args, env, url)
     return Config(
         pushgateway_url=url, interval=interval, job=job, top_n=top_n, timeout=timeout,
         device_serial=serial, username=username, password=password, state_dir=_state_dir(args, env),
         log_level=level, once=args.once, print_only=args.print_only, print_serial=args.print_serial,
-        delete_on_exit=args.delete_on_exit, **tls,
+        delete_on_exit=args.delete_on_exit, disabled=disabled, **tls,
     )  # fmt: skip
 
 
@@ -580,6 +608,13 @@ class AppUsage(NamedTuple):
     memory_bytes: int
 
 
+class FilesystemUsage(NamedTuple):
+    mountpoint: str
+    size_bytes: int
+    available_bytes: int
+    usage_percent: float
+
+
 class Snapshot(NamedTuple):
     cpu_percent: float
     memory: object  # psutil.virtual_memory() result
@@ -590,6 +625,10 @@ class Snapshot(NamedTuple):
     processes: int
     boot_time: float
     collection_seconds: float
+    filesystems: List[FilesystemUsage] = []
+    disks: Dict[str, Any] = {}
+    temperatures: List[Tuple[str, float]] = []
+    battery: Optional[Any] = None
 
 
 def label_safe(text: str) -> str:
@@ -733,13 +772,95 @@ def top_apps(
     ]  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------
+# Filesystems, disks, temperatures, battery
+# --------------------------------------------------------------------------------------------
+
+
+def real_filesystems(partitions: Iterable[Any], is_dir: Callable[[str], bool] = os.path.isdir) -> List[Any]:
+    """The mounted filesystems worth reporting, at most MAX_FILESYSTEMS: block-device, ZFS and btrfs
+    filesystems and the root (a container's overlay included); no pseudo, image or network
+    filesystems (a hung NFS server must not stall the agent). A device mounted twice (bind mounts)
+    counts once, under its shortest mountpoint; files bind-mounted into containers are skipped."""
+    chosen: Dict[str, Any] = {}
+    mountpoints = set()
+    for part in sorted(partitions, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        root = part.mountpoint == "/"
+        storage = part.device.startswith("/dev/") or part.fstype in ("zfs", "btrfs")
+        if part.fstype in IMAGE_FILESYSTEMS or not (root or (storage and part.fstype not in PSEUDO_FILESYSTEMS)):
+            continue
+        key = part.device if part.device.startswith("/dev/") else f"mount:{part.mountpoint}"
+        if key in chosen or part.mountpoint in mountpoints or not is_dir(part.mountpoint):
+            continue
+        chosen[key] = part
+        mountpoints.add(part.mountpoint)
+        if len(chosen) == MAX_FILESYSTEMS:
+            break
+    return list(chosen.values())
+
+
+def filesystem_usage(psutil: Any) -> List[FilesystemUsage]:
+    usages = []
+    for part in real_filesystems(psutil.disk_partitions(all=True)):
+        try:
+            usage = psutil.disk_usage(part.mountpoint)
+        except OSError as err:  # unreadable, gone since the mount table was read, stale
+            log.debug("skipping filesystem %r: %s", part.mountpoint, err)
+            continue
+        if usage.total > 0:
+            usages.append(FilesystemUsage(part.mountpoint, usage.total, usage.free, usage.percent))
+    return usages
+
+
+def physical_disks(counters: Dict[str, Any], sys_block: str = "/sys/block") -> Dict[str, Any]:
+    """Whole physical disks only: Linux lists partitions in /proc/diskstats too, and loop, RAM,
+    zram and device-mapper disks have no device behind them in sysfs. Elsewhere psutil's list."""
+    if os.path.isdir(sys_block):
+        counters = {
+            name: value
+            for name, value in counters.items()
+            if os.path.exists(os.path.join(sys_block, name.replace("/", "!"), "device"))
+        }
+    return dict(sorted(counters.items())[:MAX_DISKS])
+
+
+def temperature_readings(sensors: Dict[str, List[Any]]) -> List[Tuple[str, float]]:
+    """(sensor, degrees Celsius) per reading: chip name, then its label when it has one (a
+    Raspberry Pi reports its SoC as cpu_thermal; without hwmon sensors psutil reads the thermal
+    zones). Two readings of one name (two NVMe drives) get #2, #3, ...; unreadable ones are skipped."""
+    readings: List[Tuple[str, float]] = []
+    seen: Dict[str, int] = {}
+    for chip, entries in sorted(sensors.items()):
+        for entry in entries:
+            if entry.current is None or not math.isfinite(entry.current):
+                continue
+            name = f"{chip}/{entry.label}" if entry.label else chip
+            seen[name] = seen.get(name, 0) + 1
+            readings.append((name if seen[name] == 1 else f"{name}#{seen[name]}", float(entry.current)))
+    return readings[:MAX_SENSORS]
+
+
+def read_temperatures(psutil: Any) -> List[Tuple[str, float]]:
+    read = getattr(psutil, "sensors_temperatures", None)  # absent on macOS and Windows
+    return temperature_readings(read()) if read else []
+
+
+def read_battery(psutil: Any) -> Optional[Any]:
+    read = getattr(psutil, "sensors_battery", None)
+    return read() if read else None
+
+
 class Sampler:
     """Takes one snapshot per cycle; CPU figures are deltas against the previous cycle."""
 
-    def __init__(self, top_n: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, top_n: int, clock: Callable[[], float] = time.monotonic, disabled: FrozenSet[str] = frozenset()
+    ) -> None:
         self.psutil = psutil = load_psutil()
         self.top_n = top_n
         self.clock = clock
+        self.disabled = disabled
+        self._failing_groups: Dict[str, str] = {}
         linux = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
         self.scanner = LinuxProcessScanner() if linux else PsutilProcessScanner()
         self._previous: Optional[ProcessTable] = None
@@ -769,13 +890,32 @@ class Sampler:
             cpu_percent=psutil.cpu_percent(interval=None),
             memory=psutil.virtual_memory(),
             swap=psutil.swap_memory(),
-            network=psutil.net_io_counters(pernic=True),
+            network=self._group("network", lambda: psutil.net_io_counters(pernic=True), {}),
             load_average=os.getloadavg() if hasattr(os, "getloadavg") else psutil.getloadavg(),
             apps=apps,
             processes=len(processes),
             boot_time=self.boot_time,
+            filesystems=self._group("disk", lambda: filesystem_usage(psutil), []),
+            disks=self._group("diskio", lambda: physical_disks(psutil.disk_io_counters(perdisk=True) or {}), {}),
+            temperatures=self._group("temperature", lambda: read_temperatures(psutil), []),
+            battery=self._group("battery", lambda: read_battery(psutil), None),
             collection_seconds=self.clock() - started,
         )
+
+    def _group(self, group: str, read: Callable[[], Any], empty: Any) -> Any:
+        """One metric group's reading; a group that cannot be read is left out of the push (one
+        warning per kind of failure, not one per cycle) and the others still go out."""
+        if group in self.disabled:
+            return empty
+        try:
+            value = read()
+        except (OSError, ValueError, RuntimeError) as err:
+            if self._failing_groups.get(group) != str(err):
+                log.warning("cannot read the %s metrics, leaving them out: %s", group, err)
+            self._failing_groups[group] = str(err)
+            return empty
+        self._failing_groups.pop(group, None)
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,6 +929,14 @@ NETWORK_COUNTERS = (
     ("network_transmit_packets_total", "packets_sent", "Packets sent on the interface."),
     ("network_receive_errors_total", "errin", "Receive errors on the interface."),
     ("network_transmit_errors_total", "errout", "Transmit errors on the interface."),
+)
+
+
+DISK_COUNTERS = (
+    ("disk_read_bytes_total", "read_bytes", "Bytes read from the disk."),
+    ("disk_written_bytes_total", "write_bytes", "Bytes written to the disk."),
+    ("disk_reads_completed_total", "read_count", "Read operations completed on the disk."),
+    ("disk_writes_completed_total", "write_count", "Write operations completed on the disk."),
 )
 
 
@@ -864,6 +1012,41 @@ class Exposition:
         for name, attribute, documentation in NETWORK_COUNTERS:
             self._family(lines, name, "counter", documentation,
                          [(labels, getattr(counters, attribute)) for labels, counters in interfaces])  # fmt: skip
+        self._hardware(lines, snap)
+
+    def _hardware(self, lines: List[str], snap: Snapshot) -> None:
+        """Families of hardware that may be absent (no disks in sysfs, no sensors, no battery) or
+        disabled: written only with samples, so absent hardware is an absent series."""
+        family = self._present_family
+        mounts = [(self._label("mountpoint", fs.mountpoint), fs) for fs in snap.filesystems]
+        family(lines, "disk_usage_percent", "gauge", "Filesystem space in use, percent of what users can use (as df).",
+               [(labels, fs.usage_percent) for labels, fs in mounts])  # fmt: skip
+        family(lines, "disk_size_bytes", "gauge", "Filesystem size.",
+               [(labels, fs.size_bytes) for labels, fs in mounts])  # fmt: skip
+        family(lines, "disk_available_bytes", "gauge", "Filesystem space available to unprivileged users.",
+               [(labels, fs.available_bytes) for labels, fs in mounts])  # fmt: skip
+        disks = [(self._label("disk", name), counters) for name, counters in sorted(snap.disks.items())]
+        for name, attribute, documentation in DISK_COUNTERS:
+            family(lines, name, "counter", documentation,
+                   [(labels, getattr(counters, attribute)) for labels, counters in disks])  # fmt: skip
+        family(lines, "temperature_celsius", "gauge", "Temperature the sensor reports, degrees Celsius.",
+               [(self._label("sensor", name), value) for name, value in snap.temperatures])  # fmt: skip
+        battery = snap.battery
+        if battery is not None:
+            family(lines, "battery_percent", "gauge", "Battery charge, percent.", [("", float(battery.percent))])
+            if battery.power_plugged is not None:
+                family(lines, "battery_power_plugged", "gauge", "1 while on external power (AC), 0 on battery.",
+                       [("", int(bool(battery.power_plugged)))])  # fmt: skip
+
+    @staticmethod
+    def _label(name: str, value: str) -> str:
+        return f',{name}="{escape_label_value(label_safe(value))}"'
+
+    def _present_family(
+        self, lines: List[str], name: str, kind: str, documentation: str, samples: Sequence[Tuple[str, float]]
+    ) -> None:
+        if samples:
+            self._family(lines, name, kind, documentation, samples)
 
     def _one(self, lines: List[str], name: str, kind: str, documentation: str, value: float) -> None:
         self._family(lines, name, kind, documentation, [("", value)])
@@ -1183,7 +1366,7 @@ class Agent:
         self.clock = clock
         self.sleep = sleep
         self.signals = signals or Signals()
-        self.sampler = Sampler(config.top_n, clock)
+        self.sampler = Sampler(config.top_n, clock, config.disabled)
         self.exposition = Exposition(device_serial, hostname or socket.gethostname(), config.interval)
         self.client = PushgatewayClient(config, device_serial)
         self._outage_kind: Optional[str] = None
