@@ -70,7 +70,15 @@ def test_every_alert_has_promtool_unit_tests_and_they_pass() -> None:
         for rule in group["rules"]
         if "alert" in rule
     }
-    assert alerts == {"DeviceSilent", "PushgatewayDown", "DeviceHighCpu", "DeviceHighMemory"}
+    assert alerts == {
+        "DeviceSilent",
+        "PushgatewayDown",
+        "DeviceHighCpu",
+        "DeviceHighMemory",
+        "DeviceDiskFilling",
+        "DeviceDiskNearlyFull",
+        "DeviceTemperatureHigh",
+    }
     tested = yaml.safe_load(RULE_TESTS.read_text())
     firing_tests = {
         case["alertname"]
