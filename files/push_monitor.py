@@ -79,8 +79,9 @@ class PushError(Exception):
         self.kind = kind
 
 
-class ShutdownRequested(Exception):
-    """Raised from the SIGTERM/SIGINT handler so that a blocked wait or request ends at once."""
+class ShutdownRequested(BaseException):
+    """Raised from the SIGTERM/SIGINT handler so that a blocked wait or request ends at once; a
+    BaseException (as KeyboardInterrupt) so that no `except Exception` on the way swallows it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1420,6 +1421,7 @@ class Agent:
         next_slot = started + min(interval, 1.0)
         cycles = 0
         while max_cycles is None or cycles < max_cycles:
+            self.signals.check()
             remaining = next_slot - self.clock()
             if remaining > 0:
                 self.sleep(remaining)

@@ -25,7 +25,7 @@ EXPECTED_METRICS = {
     "memory_total_bytes", "memory_available_bytes", "memory_used_bytes", "swap_total_bytes", "swap_used_bytes",
     "network_receive_bytes_total", "network_transmit_bytes_total", "network_receive_packets_total",
     "network_transmit_packets_total", "network_receive_errors_total", "network_transmit_errors_total",
-    "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "process_count",
+    "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "system_processes",
     "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_collection_duration_seconds",
     "push_monitor_push_failures_total",
 }  # fmt: skip
