@@ -13,18 +13,11 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import yaml
 
-from conftest import wait_until
-from server_fixtures import (
-    COMMITTED_RENDER,
-    ROOT,
-    FleetServer,
-    Prometheus,
-    fleet_server,
-    grafana_rate_interval,
-    iter_targets,
-    load_dashboards,
-    substitute,
-)
+from server_fixtures import FleetServer, fleet_server, grafana_rate_interval, load_dashboards
+from testkit import ROOT
+from testkit.dashboard_queries import iter_targets, substitute
+from testkit.process import wait_until
+from testkit.server import COMMITTED_RENDER, Prometheus
 
 DATASOURCE_UID = yaml.safe_load((ROOT / "roles" / "grafana" / "defaults" / "main.yml").read_text())[
     "grafana_datasource_uid"

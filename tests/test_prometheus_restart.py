@@ -29,14 +29,9 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from conftest import free_port, wait_until
-from server_fixtures import (
-    FleetServer,
-    Prometheus,
-    Samples,
-    fleet_server,
-    raw_samples,
-)
+from server_fixtures import FleetServer, Samples, fleet_server, raw_samples
+from testkit.process import free_port, wait_until
+from testkit.server import Prometheus
 
 pytestmark = pytest.mark.integration
 

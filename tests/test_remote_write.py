@@ -15,13 +15,9 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 import yaml
 
-from conftest import free_port, wait_until
-from server_fixtures import (
-    Prometheus,
-    Samples,
-    fleet_server,
-    raw_samples,
-)
+from server_fixtures import Samples, fleet_server, raw_samples
+from testkit.process import free_port, wait_until
+from testkit.server import Prometheus
 
 pytestmark = pytest.mark.integration
 
