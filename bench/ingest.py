@@ -144,7 +144,7 @@ def agent_exposition() -> str:
     )
     if result.returncode != 0 or PLACEHOLDER_SERIAL not in result.stdout:
         raise BenchError(f"the agent's --print failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    # The containers other engineers run here come and go with their veth interfaces: a device has none,
+    # The containers other jobs run here come and go with their veth interfaces: a device has none,
     # and keeping them would make the payload (and every figure) depend on the moment of the run.
     return "".join(line for line in result.stdout.splitlines(keepends=True) if not HOST_PLUMBING.search(line))
 

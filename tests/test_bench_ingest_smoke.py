@@ -65,9 +65,7 @@ def test_quick_run_reports_both_subjects_every_step_and_the_ratio() -> None:
 
 
 def test_bad_ramp_is_one_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--ramp", "50,10"], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([sys.executable, str(BENCH), "--ramp", "50,10"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "expected increasing positive device counts" in result.stderr
     assert "Traceback" not in result.stderr

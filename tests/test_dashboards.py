@@ -31,7 +31,7 @@ DEVICES = [
 SILENCED = DEVICES[0]
 SILENT_TABLE_RECORD = "job_device_serial:silent_push_age:seconds"
 STEP_SECONDS = 1
-# The queries issue 4 names for each dashboard, exactly.
+# The queries each dashboard must carry, exactly (docs/server.md lists them).
 REQUIRED_QUERIES = {
     "device.json": {
         'total_cpu_usage_percent{device_serial="$device_serial"}',

@@ -1,4 +1,4 @@
-"""Faults (issue 5 §3): Prometheus restarted, no config or data lost.
+"""Faults: Prometheus restarted, no config or data lost.
 
 A real Prometheus runs with the prometheus role's rendered flags, config and rules and its own TSDB
 directory, scraping a real Pushgateway that two real agents (files/push_monitor.py, 1 s interval) push

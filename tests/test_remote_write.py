@@ -1,4 +1,4 @@
-"""Past one server (issue 6 §4): Prometheus forwards the fleet to a distributed store with remote_write.
+"""Past one server: Prometheus forwards the fleet to a distributed store with remote_write.
 
 The store is a second real Prometheus started with --web.enable-remote-write-receiver and no scrape
 configs of its own, so every series it holds arrived through remote_write. The first Prometheus runs
