@@ -11,8 +11,9 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
-from conftest import free_port, wait_until
-from server_fixtures import Alertmanager, FleetServer, fleet_server
+from server_fixtures import FleetServer, fleet_server
+from testkit.process import free_port, wait_until
+from testkit.server import Alertmanager
 
 pytestmark = pytest.mark.integration
 
