@@ -778,14 +778,19 @@ def top_apps(
 # --------------------------------------------------------------------------------------------
 
 
-def real_filesystems(partitions: Iterable[Any], is_dir: Callable[[str], bool] = os.path.isdir) -> List[Any]:
+def real_filesystems(partitions: Iterable[Any], is_dir: Optional[Callable[[str], bool]] = None) -> List[Any]:
     """The mounted filesystems worth reporting, at most MAX_FILESYSTEMS: block-device, ZFS and btrfs
     filesystems and the root (a container's overlay included); no pseudo, image or network
     filesystems (a hung NFS server must not stall the agent). A device mounted twice (bind mounts)
-    counts once, under its shortest mountpoint; files bind-mounted into containers are skipped."""
+    counts once, under its shortest mountpoint; a path mounted over (systemd's ProtectHome) counts as
+    what is on top; files bind-mounted into containers are skipped."""
+    is_dir = is_dir or os.path.isdir
+    visible: Dict[str, Any] = {}
+    for part in partitions:  # in mount order: a later mount on the same path hides the earlier one
+        visible[part.mountpoint] = part
     chosen: Dict[str, Any] = {}
     mountpoints = set()
-    for part in sorted(partitions, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+    for part in sorted(visible.values(), key=lambda p: (len(p.mountpoint), p.mountpoint)):
         root = part.mountpoint == "/"
         storage = part.device.startswith("/dev/") or part.fstype in ("zfs", "btrfs")
         if part.fstype in IMAGE_FILESYSTEMS or not (root or (storage and part.fstype not in PSEUDO_FILESYSTEMS)):
@@ -1011,7 +1016,7 @@ class Exposition:
             for name, counters in sorted(snap.network.items())
         ]
         for name, attribute, documentation in NETWORK_COUNTERS:
-            self._family(lines, name, "counter", documentation,
+            self._present_family(lines, name, "counter", documentation,
                          [(labels, getattr(counters, attribute)) for labels, counters in interfaces])  # fmt: skip
         self._hardware(lines, snap)
 

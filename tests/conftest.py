@@ -108,7 +108,7 @@ def agent_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     agent_vars = {
         "PUSHGATEWAY_URL", "PUSH_INTERVAL", "DEVICE_JOB", "TOP_N", "DEVICE_SERIAL", "PUSH_TIMEOUT", "LOG_LEVEL",
         "PUSHGATEWAY_USERNAME", "PUSHGATEWAY_PASSWORD", "PUSHGATEWAY_PASSWORD_FILE", "PUSHGATEWAY_CA_FILE",
-        "PUSHGATEWAY_CLIENT_CERT", "PUSHGATEWAY_CLIENT_KEY", "STATE_DIRECTORY",
+        "PUSHGATEWAY_CLIENT_CERT", "PUSHGATEWAY_CLIENT_KEY", "STATE_DIRECTORY", "PUSH_DISABLE",
     }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in agent_vars}
     env.update(extra or {})
