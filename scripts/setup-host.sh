@@ -15,9 +15,9 @@ DEBIAN_PACKAGES=(
   # iptables for netavark's NAT rules, mmdebstrap to build the images
   podman runc netavark aardvark-dns iptables uidmap mmdebstrap
   # the real server components the tests start themselves
-  prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter
+  prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter victoria-metrics
   # venv for the controller tools; the agent's distro dependencies for the compatibility test
-  python3-venv python3-psutil python3-prometheus-client
+  python3-venv python3-psutil python3-prometheus-client python3-snappy python3-protobuf
   curl ca-certificates make git
 )
 CONF_FILE=/etc/containers/containers.conf
