@@ -19,14 +19,17 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
@@ -65,6 +68,11 @@ PLAIN_GROUPING_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 # An answer's head and body are read only this far; beyond it the connection is dropped instead.
 MAX_RESPONSE_HEAD = 16384
 MAX_RESPONSE_BODY = 65536
+# The remote-write buffer's bounds (docs/agent.md: about 24 h of the default metric set at 1 s fit).
+DEFAULT_BUFFER_MAX_BYTES = 512 * 1048576
+DEFAULT_BUFFER_MAX_AGE = 86400.0
+MIN_BUFFER_BYTES, MAX_BUFFER_BYTES = 65536, 1 << 40
+MIN_BUFFER_AGE, MAX_BUFFER_AGE = 60.0, 30 * 86400.0
 
 
 class ConfigError(Exception):
@@ -153,6 +161,9 @@ class Config(NamedTuple):
     print_serial: bool = False
     delete_on_exit: bool = False
     disabled: FrozenSet[str] = frozenset()
+    remote_write_url: Optional[str] = None
+    buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
+    buffer_max_age: float = DEFAULT_BUFFER_MAX_AGE
 
     def __repr__(self) -> str:
         shown = (  # the password never appears in a log or a traceback
@@ -187,6 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Pushgateway URL, http:// or https:// [env PUSHGATEWAY_URL, default {DEFAULT_PUSHGATEWAY}]",
     )
     add(
+        "--remote-write",
+        metavar="URL",
+        help="send with Prometheus remote write to this URL (e.g. https://server:9090/api/v1/write) instead of "
+        "a Pushgateway; samples the server does not take are buffered on disk [env REMOTE_WRITE_URL]",
+    )
+    add(
+        "--buffer-max-bytes",
+        metavar="BYTES",
+        help=f"remote write: bound on the buffer on disk [env REMOTE_WRITE_BUFFER_MAX_BYTES, "
+        f"default {DEFAULT_BUFFER_MAX_BYTES}]",
+    )
+    add(
+        "--buffer-max-age",
+        metavar="SECONDS",
+        help=f"remote write: buffered samples older than this are dropped [env REMOTE_WRITE_BUFFER_MAX_AGE, "
+        f"default {DEFAULT_BUFFER_MAX_AGE:g}]",
+    )
+    add(
         "--interval",
         metavar="SECONDS",
         help=f"push interval, {MIN_INTERVAL:g} to {MAX_INTERVAL:g} [env PUSH_INTERVAL, default {DEFAULT_INTERVAL:g}]",
@@ -217,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--state-dir",
         metavar="DIR",
-        help=f"where a generated device id is kept [env STATE_DIRECTORY (systemd: the first of its list), "
+        help="where a generated device id and the remote-write buffer are kept "
+        f"[env STATE_DIRECTORY (systemd: the first of its list), "
         f"default {SYSTEM_STATE_DIR} or ~/.local/state/push-monitor]",
     )
     add("--once", action="store_true", help="collect and push once; exit 0 on success, 1 on failure")
@@ -366,7 +396,7 @@ def _tls_files(args: argparse.Namespace, env: Dict[str, str], url: str) -> Dict[
         raw, source = _pick(args, "--" + attr.replace("_", "-"), env, env_name)
         files[attr] = _readable_file(raw, source) if raw else None
     if any(files.values()) and not url.startswith("https://"):
-        raise ConfigError("--ca-file / --client-cert / --client-key need an https:// Pushgateway URL")
+        raise ConfigError("--ca-file / --client-cert / --client-key need an https:// server URL")
     if bool(files["client_cert"]) != bool(files["client_key"]):
         raise ConfigError("--client-cert and --client-key go together")
     return files
@@ -386,6 +416,7 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
 
     raw, source = _pick(args, "--pushgateway", env, "PUSHGATEWAY_URL")
     url = validate_url(raw if raw is not None else DEFAULT_PUSHGATEWAY, source)
+    remote_write = _remote_write_settings(args, env, gateway_set=raw is not None)
     raw, source = _pick(args, "--interval", env, "PUSH_INTERVAL")
     interval = parse_number(raw, source, MIN_INTERVAL, MAX_INTERVAL) if raw is not None else DEFAULT_INTERVAL
     raw, source = _pick(args, "--job", env, "DEVICE_JOB")
@@ -410,13 +441,35 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     raw, source = _pick(args, "--disable", env, "PUSH_DISABLE")
     disabled = parse_disabled_groups(raw, source) if raw is not None else frozenset()
     username, password = _credentials(args, env)
-    tls = _tls_files(args, env, url)
+    if remote_write and args.delete_on_exit:
+        raise ConfigError("--delete-on-exit deletes a Pushgateway group: it does not apply to --remote-write")
+    tls = _tls_files(args, env, remote_write.get("remote_write_url") or url)
     return Config(
         pushgateway_url=url, interval=interval, job=job, top_n=top_n, timeout=timeout,
         device_serial=serial, username=username, password=password, state_dir=_state_dir(args, env),
         log_level=level, once=args.once, print_only=args.print_only, print_serial=args.print_serial,
-        delete_on_exit=args.delete_on_exit, disabled=disabled, **tls,
+        delete_on_exit=args.delete_on_exit, disabled=disabled, **tls, **remote_write,
     )  # fmt: skip
+
+
+def _remote_write_settings(args: argparse.Namespace, env: Dict[str, str], gateway_set: bool) -> Dict[str, Any]:
+    """The remote-write URL and buffer bounds; empty for the Pushgateway transport."""
+    raw, source = _pick(args, "--remote-write", env, "REMOTE_WRITE_URL")
+    if raw is None:
+        return {}
+    if gateway_set:
+        raise ConfigError("a device uses one transport: set --pushgateway (PUSHGATEWAY_URL) or --remote-write "
+                          "(REMOTE_WRITE_URL), not both")  # fmt: skip
+    settings: Dict[str, Any] = {"remote_write_url": validate_url(raw, source)}
+    raw, source = _pick(args, "--buffer-max-bytes", env, "REMOTE_WRITE_BUFFER_MAX_BYTES")
+    if raw is not None:
+        if not raw.strip().isdigit():
+            raise ConfigError(f"{source}={raw!r}: not a whole number of bytes")
+        settings["buffer_max_bytes"] = int(parse_number(raw, source, MIN_BUFFER_BYTES, MAX_BUFFER_BYTES, "bytes"))
+    raw, source = _pick(args, "--buffer-max-age", env, "REMOTE_WRITE_BUFFER_MAX_AGE")
+    if raw is not None:
+        settings["buffer_max_age"] = parse_number(raw, source, MIN_BUFFER_AGE, MAX_BUFFER_AGE)
+    return settings
 
 
 # --------------------------------------------------------------------------------------------
@@ -958,112 +1011,158 @@ def format_value(value: float) -> str:
     return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
 
 
+Labels = Tuple[Tuple[str, str], ...]
+
+
+class Family(NamedTuple):
+    name: str
+    kind: str
+    documentation: str
+    samples: Sequence[Tuple[Labels, float]]  # (labels besides the device's, value)
+
+
+class BufferState(NamedTuple):
+    """The remote-write buffer as the agent reports it about itself."""
+
+    samples: int
+    disk_bytes: int
+    oldest_age_seconds: float
+    dropped_samples: int
+
+
 class Exposition:
-    """Renders a snapshot as the text format. Written here rather than with prometheus_client:
-    importing that library alone costs the agent about 14 MB of memory and 130 ms of start-up,
-    more than everything else together, for what is a few lines of formatting."""
+    """The metric families of a snapshot, rendered as the text format (the Pushgateway) or encoded as
+    a remote-write request. Written here rather than with prometheus_client: importing that library
+    alone costs the agent about 14 MB of memory and 130 ms of start-up, more than everything else
+    together, for what is a few lines of formatting."""
 
     def __init__(self, device_serial: str, hostname: str, interval: float) -> None:
-        self.labels = (
-            f'device_serial="{escape_label_value(label_safe(device_serial))}",'
-            f'hostname="{escape_label_value(label_safe(hostname))}"'
-        )
+        self.device_labels: Labels = (("device_serial", label_safe(device_serial)), ("hostname", label_safe(hostname)))
+        self.labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in self.device_labels)
         self.interval = interval
         self.push_failures = 0
+        self.buffer: Optional[BufferState] = None  # set in remote-write mode
 
-    def render(self, snap: Optional[Snapshot]) -> bytes:
-        lines: List[str] = []
+    def families(self, snap: Optional[Snapshot], collected_at: float) -> List[Family]:
+        out: List[Family] = []
+        self._one(out, "push_monitor_interval_seconds", "gauge", "The agent's push interval in seconds.", self.interval)
+        self._family(out, "push_monitor_info", "gauge", "Agent version.", [((("version", __version__),), 1)])
         self._one(
-            lines, "push_monitor_interval_seconds", "gauge", "The agent's push interval in seconds.", self.interval
-        )
-        self._family(lines, "push_monitor_info", "gauge", "Agent version.", [(f',version="{__version__}"', 1)])
-        self._one(
-            lines, "push_monitor_push_failures_total", "counter", "Pushes that failed since the agent started.",
+            out, "push_monitor_push_failures_total", "counter", "Pushes that failed since the agent started.",
             self.push_failures,
         )  # fmt: skip
+        # Device time of the collection: the last push's age for either transport (the fleet rules).
+        self._one(out, "push_monitor_collection_timestamp_seconds", "gauge",
+                  "Unix time at which these samples were collected.", round(collected_at, 3))  # fmt: skip
+        if self.buffer is not None:
+            self._buffer(out, self.buffer)
         if snap is not None:
-            self._snapshot(lines, snap)
+            self._snapshot(out, snap)
+        return out
+
+    def render(self, snap: Optional[Snapshot], collected_at: Optional[float] = None) -> bytes:
+        return self.text(self.families(snap, time.time() if collected_at is None else collected_at))
+
+    def text(self, families: Iterable[Family], timestamp_ms: Optional[int] = None) -> bytes:
+        """The text format 0.0.4; with timestamp_ms every sample carries it (as remote write sends it)."""
+        lines: List[str] = []
+        suffix = "" if timestamp_ms is None else f" {timestamp_ms}"
+        for family in families:
+            lines.append(f"# HELP {family.name} {family.documentation}")
+            lines.append(f"# TYPE {family.name} {family.kind}")
+            for extra, value in family.samples:
+                extra_text = "".join(f',{name}="{escape_label_value(text)}"' for name, text in extra)
+                lines.append(f"{family.name}{{{self.labels}{extra_text}}} {format_value(value)}{suffix}")
         lines.append("")
         return "\n".join(lines).encode("utf-8")
 
-    def _snapshot(self, lines: List[str], snap: Snapshot) -> None:
+    @staticmethod
+    def _buffer(out: List[Family], state: BufferState) -> None:
+        out.append(Family("push_monitor_buffer_samples", "gauge",
+                          "Samples waiting in the remote-write buffer.", [((), state.samples)]))  # fmt: skip
+        out.append(Family("push_monitor_buffer_disk_bytes", "gauge",
+                          "Bytes the remote-write buffer holds on disk.", [((), state.disk_bytes)]))  # fmt: skip
+        out.append(Family("push_monitor_buffer_oldest_age_seconds", "gauge",
+                          "Age of the oldest buffered sample, 0 when the buffer is empty.",
+                          [((), round(state.oldest_age_seconds, 3))]))  # fmt: skip
+        out.append(Family("push_monitor_buffer_dropped_samples_total", "counter",
+                          "Samples dropped: buffer full or too old, or refused by the server (4xx).",
+                          [((), state.dropped_samples)]))  # fmt: skip
+
+    def _snapshot(self, out: List[Family], snap: Snapshot) -> None:
         one = self._one
-        one(lines, "push_monitor_collection_duration_seconds", "gauge", "Time the last collection took.",
+        one(out, "push_monitor_collection_duration_seconds", "gauge", "Time the last collection took.",
             snap.collection_seconds)  # fmt: skip
-        one(lines, "total_cpu_usage_percent", "gauge", "CPU usage over all cores since the last push, 0-100.",
+        one(out, "total_cpu_usage_percent", "gauge", "CPU usage over all cores since the last push, 0-100.",
             snap.cpu_percent)  # fmt: skip
         memory, swap = snap.memory, snap.swap
-        one(lines, "total_memory_usage_percent", "gauge", "Memory in use, percent of total.", memory.percent)
-        one(lines, "memory_total_bytes", "gauge", "Total physical memory.", memory.total)
-        one(lines, "memory_available_bytes", "gauge", "Memory available to new processes without swapping.",
+        one(out, "total_memory_usage_percent", "gauge", "Memory in use, percent of total.", memory.percent)
+        one(out, "memory_total_bytes", "gauge", "Total physical memory.", memory.total)
+        one(out, "memory_available_bytes", "gauge", "Memory available to new processes without swapping.",
             memory.available)  # fmt: skip
-        one(lines, "memory_used_bytes", "gauge", "Memory in use (total - available).", memory.total - memory.available)
-        one(lines, "swap_total_bytes", "gauge", "Total swap space.", swap.total)
-        one(lines, "swap_used_bytes", "gauge", "Swap space in use.", swap.used)
+        one(out, "memory_used_bytes", "gauge", "Memory in use (total - available).", memory.total - memory.available)
+        one(out, "swap_total_bytes", "gauge", "Total swap space.", swap.total)
+        one(out, "swap_used_bytes", "gauge", "Swap space in use.", swap.used)
         for minutes, value in zip((1, 5, 15), snap.load_average):
-            one(lines, f"load_average_{minutes}m", "gauge", f"System load average over {minutes} minute(s).", value)
-        one(lines, "boot_time_seconds", "gauge", "Unix time the system booted.", snap.boot_time)
-        one(lines, "system_processes", "gauge", "Processes on the device.", snap.processes)
-        apps = [(f',app="{escape_label_value(app.name)}"', app) for app in snap.apps]
-        self._family(lines, "app_cpu_usage_percent", "gauge",
+            one(out, f"load_average_{minutes}m", "gauge", f"System load average over {minutes} minute(s).", value)
+        one(out, "boot_time_seconds", "gauge", "Unix time the system booted.", snap.boot_time)
+        one(out, "system_processes", "gauge", "Processes on the device.", snap.processes)
+        apps = [((("app", app.name),), app) for app in snap.apps]
+        self._family(out, "app_cpu_usage_percent", "gauge",
                      "CPU of the top apps by CPU, processes of one name summed; percent of one core.",
                      [(labels, app.cpu_percent) for labels, app in apps])  # fmt: skip
         # The name breaks the base-unit convention on purpose: dashboards and rules read it by name.
-        self._family(lines, "app_memory_usage_mb", "gauge", "Resident memory of the top apps by CPU in MiB.",
+        self._family(out, "app_memory_usage_mb", "gauge", "Resident memory of the top apps by CPU in MiB.",
                      [(labels, round(app.memory_bytes / 1048576, 3)) for labels, app in apps])  # fmt: skip
-        interfaces = [
-            (f',interface="{escape_label_value(label_safe(name))}"', counters)
-            for name, counters in sorted(snap.network.items())
-        ]
+        interfaces = [(self._label("interface", name), counters) for name, counters in sorted(snap.network.items())]
         for name, attribute, documentation in NETWORK_COUNTERS:
-            self._present_family(lines, name, "counter", documentation,
+            self._present_family(out, name, "counter", documentation,
                          [(labels, getattr(counters, attribute)) for labels, counters in interfaces])  # fmt: skip
-        self._hardware(lines, snap)
+        self._hardware(out, snap)
 
-    def _hardware(self, lines: List[str], snap: Snapshot) -> None:
+    def _hardware(self, out: List[Family], snap: Snapshot) -> None:
         """Families of hardware that may be absent (no disks in sysfs, no sensors, no battery) or
         disabled: written only with samples, so absent hardware is an absent series."""
         family = self._present_family
         mounts = [(self._label("mountpoint", fs.mountpoint), fs) for fs in snap.filesystems]
-        family(lines, "disk_usage_percent", "gauge", "Filesystem space in use, percent of what users can use (as df).",
+        family(out, "disk_usage_percent", "gauge", "Filesystem space in use, percent of what users can use (as df).",
                [(labels, fs.usage_percent) for labels, fs in mounts])  # fmt: skip
-        family(lines, "disk_size_bytes", "gauge", "Filesystem size.",
+        family(out, "disk_size_bytes", "gauge", "Filesystem size.",
                [(labels, fs.size_bytes) for labels, fs in mounts])  # fmt: skip
-        family(lines, "disk_available_bytes", "gauge", "Filesystem space available to unprivileged users.",
+        family(out, "disk_available_bytes", "gauge", "Filesystem space available to unprivileged users.",
                [(labels, fs.available_bytes) for labels, fs in mounts])  # fmt: skip
         disks = [(self._label("disk", name), counters) for name, counters in sorted(snap.disks.items())]
         for name, attribute, documentation in DISK_COUNTERS:
-            family(lines, name, "counter", documentation,
+            family(out, name, "counter", documentation,
                    [(labels, getattr(counters, attribute)) for labels, counters in disks])  # fmt: skip
-        family(lines, "temperature_celsius", "gauge", "Temperature the sensor reports, degrees Celsius.",
+        family(out, "temperature_celsius", "gauge", "Temperature the sensor reports, degrees Celsius.",
                [(self._label("sensor", name), value) for name, value in snap.temperatures])  # fmt: skip
         battery = snap.battery
         if battery is not None:
-            family(lines, "battery_percent", "gauge", "Battery charge, percent.", [("", float(battery.percent))])
+            family(out, "battery_percent", "gauge", "Battery charge, percent.", [((), float(battery.percent))])
             if battery.power_plugged is not None:
-                family(lines, "battery_power_plugged", "gauge", "1 while on external power (AC), 0 on battery.",
-                       [("", int(bool(battery.power_plugged)))])  # fmt: skip
+                family(out, "battery_power_plugged", "gauge", "1 while on external power (AC), 0 on battery.",
+                       [((), int(bool(battery.power_plugged)))])  # fmt: skip
 
     @staticmethod
-    def _label(name: str, value: str) -> str:
-        return f',{name}="{escape_label_value(label_safe(value))}"'
+    def _label(name: str, value: str) -> Labels:
+        return ((name, label_safe(value)),)
 
     def _present_family(
-        self, lines: List[str], name: str, kind: str, documentation: str, samples: Sequence[Tuple[str, float]]
+        self, out: List[Family], name: str, kind: str, documentation: str, samples: Sequence[Tuple[Labels, float]]
     ) -> None:
         if samples:
-            self._family(lines, name, kind, documentation, samples)
+            out.append(Family(name, kind, documentation, samples))
 
-    def _one(self, lines: List[str], name: str, kind: str, documentation: str, value: float) -> None:
-        self._family(lines, name, kind, documentation, [("", value)])
+    @staticmethod
+    def _one(out: List[Family], name: str, kind: str, documentation: str, value: float) -> None:
+        out.append(Family(name, kind, documentation, [((), value)]))
 
+    @staticmethod
     def _family(
-        self, lines: List[str], name: str, kind: str, documentation: str, samples: Sequence[Tuple[str, float]]
+        out: List[Family], name: str, kind: str, documentation: str, samples: Sequence[Tuple[Labels, float]]
     ) -> None:
-        lines.append(f"# HELP {name} {documentation}")
-        lines.append(f"# TYPE {name} {kind}")
-        for extra_labels, value in samples:
-            lines.append(f"{name}{{{self.labels}{extra_labels}}} {format_value(value)}")
+        out.append(Family(name, kind, documentation, samples))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1214,20 +1313,20 @@ class ResponseReader:
                 raise ProtocolError("chunk not followed by CRLF")
 
 
-class PushgatewayClient:
-    """PUT/DELETE one group over a kept-alive connection (a new TLS handshake every second would
-    cost more than the collection itself).
+class HttpClient:
+    """HTTP/1.1 requests to one server over a kept-alive connection (a new TLS handshake every second
+    would cost more than the collection itself), with the device's login and TLS settings.
 
     Each request is one attempt bounded by the timeout as a whole; whatever goes wrong, the
     connection is dropped, and the next request (at the next slot) starts on a fresh one.
     """
 
-    def __init__(self, config: Config, device_serial: str) -> None:
-        parts = urlsplit(config.pushgateway_url)
+    def __init__(self, config: Config, url: str) -> None:
+        parts = urlsplit(url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (443 if self.https else 80)
-        self.path = parts.path + grouping_path(config.job, device_serial)
+        self.base_path = parts.path
         self.timeout = config.timeout
         host = f"[{self.host}]" if ":" in self.host else self.host
         default_port = 443 if self.https else 80
@@ -1258,17 +1357,12 @@ class PushgatewayClient:
             finally:
                 self._socket = None
 
-    def push(self, body: bytes) -> None:
-        self._request("PUT", body)
-
-    def delete(self) -> None:
-        self._request("DELETE", None)
-
-    def _request(self, method: str, body: Optional[bytes]) -> None:
+    def request(self, method: str, path: str, body: Optional[bytes], body_headers: str = "") -> None:
+        """One exchange; body_headers are the body's own header lines (type, encoding)."""
         deadline = Deadline(self.timeout)
-        head = f"{method} {self.path} HTTP/1.1\r\n{self.headers}"
+        head = f"{method} {path} HTTP/1.1\r\n{self.headers}"
         if body is not None:
-            head += f"Content-Type: {EXPOSITION_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+            head += f"{body_headers}Content-Length: {len(body)}\r\n"
         request = (head + "\r\n").encode("ascii") + (body or b"")
         try:
             sock = self._connection(deadline)
@@ -1343,6 +1437,35 @@ class PushgatewayClient:
             raise PushError(f"HTTP {response.status} {response.reason}: {detail}", f"http-{response.status}")
 
 
+class PushgatewayClient(HttpClient):
+    """PUT/DELETE the device's group at the Pushgateway."""
+
+    def __init__(self, config: Config, device_serial: str) -> None:
+        super().__init__(config, config.pushgateway_url)
+        self.path = self.base_path + grouping_path(config.job, device_serial)
+
+    def push(self, body: bytes) -> None:
+        self.request("PUT", self.path, body, f"Content-Type: {EXPOSITION_CONTENT_TYPE}\r\n")
+
+    def delete(self) -> None:
+        self.request("DELETE", self.path, None)
+
+
+REMOTE_WRITE_HEADERS = (
+    "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
+)
+
+
+class RemoteWriteClient(HttpClient):
+    """POST snappy-compressed WriteRequests to a remote-write receiver."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, config.remote_write_url or "")
+
+    def write(self, compressed: bytes) -> None:
+        self.request("POST", self.base_path or "/", compressed, REMOTE_WRITE_HEADERS)
+
+
 def load_psutil() -> Any:
     """psutil, imported on first use: --print-serial runs before the role installs it, and the
     signal handlers are in place before its import."""
@@ -1353,6 +1476,420 @@ def load_psutil() -> Any:
             "missing Python package: psutil (pip install -r files/requirements.txt, or apt install python3-psutil)"
         ) from None
     return psutil
+
+
+# --------------------------------------------------------------------------------------------
+# Remote write: encoding and the buffer
+# --------------------------------------------------------------------------------------------
+
+
+def load_snappy() -> Tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    """(compress, decompress) in snappy's block format, from python-snappy (Debian's python3-snappy)
+    or cramjam; imported only in remote-write mode."""
+    try:
+        import snappy  # noqa: PLC0415
+
+        return snappy.compress, getattr(snappy, "uncompress", None) or snappy.decompress
+    except ImportError:
+        pass
+    try:
+        import cramjam  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "remote write needs a snappy library: apt install python3-snappy, or pip install python-snappy"
+        ) from None
+    return (
+        lambda data: bytes(cramjam.snappy.compress_raw(data)),
+        lambda data: bytes(cramjam.snappy.decompress_raw(data)),
+    )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return bytes((tag << 3 | 2,)) + _varint(len(payload)) + payload
+
+
+class WriteRequestEncoder:
+    """Prometheus' remote-write 1.0 WriteRequest, encoded by hand: the agent's few messages
+    (WriteRequest.timeseries = 1; TimeSeries.labels = 1, samples = 2; Label.name = 1, value = 2;
+    Sample.value = 1 as double, timestamp = 2 as int64 ms) do not justify the protobuf package.
+    Encoded label sets are kept between cycles: only values and timestamps change."""
+
+    MAX_CACHED_SERIES = 20000
+
+    def __init__(self, job: str, device_labels: Labels) -> None:
+        self.common = (("job", label_safe(job)), *device_labels)
+        self._labels: Dict[Tuple[str, Labels], bytes] = {}
+
+    def encode(self, families: Iterable[Family], timestamp_ms: int) -> Tuple[bytes, int]:
+        """(serialized WriteRequest, number of samples)."""
+        timestamp = b"\x10" + _varint(timestamp_ms)
+        parts: List[bytes] = []
+        for family in families:
+            for extra, value in family.samples:
+                sample = b"\x09" + struct.pack("<d", value) + timestamp
+                series = self._series_labels(family.name, extra) + _field(2, sample)
+                parts.append(_field(1, series))
+        return b"".join(parts), len(parts)
+
+    def _series_labels(self, name: str, extra: Labels) -> bytes:
+        key = (name, extra)
+        encoded = self._labels.get(key)
+        if encoded is None:
+            if len(self._labels) >= self.MAX_CACHED_SERIES:
+                self._labels.clear()  # app names churn: a bound, not a leak
+            pairs = sorted((("__name__", name), *self.common, *extra))
+            encoded = b"".join(
+                _field(1, _field(1, label.encode("utf-8")) + _field(2, text.encode("utf-8"))) for label, text in pairs
+            )
+            self._labels[key] = encoded
+        return encoded
+
+
+# A buffer record: payload length, CRC-32 of what follows the CRC, collection time (ms), samples,
+# then the snappy-compressed WriteRequest of one cycle.
+RECORD_HEADER = struct.Struct("<IIqI")
+SEGMENT_SUFFIX = ".seg"
+CURSOR_FILE = "cursor"
+MAX_SEGMENT_BYTES = 4 * 1048576
+
+
+class Segment:
+    """One append-only file of records; its sample count and time range are known without reading it
+    again (they are counted while writing, or by one scan of the headers on start)."""
+
+    def __init__(self, path: str, size: int = 0, samples: int = 0, first_ms: int = 0, last_ms: int = 0) -> None:
+        self.path = path
+        self.size = size
+        self.samples = samples
+        self.first_ms = first_ms
+        self.last_ms = last_ms
+
+
+class Record(NamedTuple):
+    timestamp_ms: int
+    samples: int
+    payload: bytes  # snappy-compressed WriteRequest
+
+
+class DiskBuffer:
+    """Cycles the server did not take, oldest first, in segment files under the state directory.
+
+    Only an outage writes here. Each record is one os.write() of an O_APPEND file with its length
+    and CRC, so a kill (or power loss) during a write leaves at most a torn last record, which a
+    read ends at. A restart opens a new segment, never appends behind a torn tail. The replay
+    position is a small cursor file. Bounded by max_bytes and max_age: the oldest go first, counted.
+    """
+
+    def __init__(self, directory: str, max_bytes: int, max_age: float, clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.clock = clock
+        self.segment_limit = max(4096, min(MAX_SEGMENT_BYTES, max_bytes // 8))
+        self.dropped = 0
+        self.segments: List[Segment] = []
+        self._writer: Optional[int] = None  # descriptor of the last segment, once written this run
+        self._read_offset = 0  # in segments[0]
+        self._read_samples = 0  # samples of segments[0] before _read_offset
+        self._next_sequence = 1
+        self._load()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            names = sorted(name for name in os.listdir(self.directory) if name.endswith(SEGMENT_SUFFIX))
+        except FileNotFoundError:
+            return
+        for name in names:
+            segment = self._scan(os.path.join(self.directory, name))
+            if segment.samples:
+                self.segments.append(segment)
+            else:
+                os.unlink(segment.path)
+            self._next_sequence = max(self._next_sequence, int(name[: -len(SEGMENT_SUFFIX)] or 0) + 1)
+        cursor = self._read_cursor()
+        if self.segments and cursor is not None and cursor[0] == os.path.basename(self.segments[0].path):
+            self._read_offset, self._read_samples = cursor[1], cursor[2]
+
+    @staticmethod
+    def _scan(path: str) -> Segment:
+        """The segment's complete records; a torn tail is left out (and its bytes are not counted)."""
+        segment = Segment(path)
+        with open(path, "rb") as handle:
+            while True:
+                header = handle.read(RECORD_HEADER.size)
+                if len(header) < RECORD_HEADER.size:
+                    break
+                length, _, timestamp_ms, samples = RECORD_HEADER.unpack(header)
+                if len(handle.read(length)) < length:
+                    break
+                segment.size += RECORD_HEADER.size + length
+                segment.samples += samples
+                segment.first_ms = segment.first_ms or timestamp_ms
+                segment.last_ms = timestamp_ms
+        return segment
+
+    def _read_cursor(self) -> Optional[Tuple[str, int, int]]:
+        try:
+            with open(os.path.join(self.directory, CURSOR_FILE), encoding="ascii") as handle:
+                name, offset, samples = handle.read().split()
+            return name, int(offset), int(samples)
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def samples(self) -> int:
+        return sum(segment.samples for segment in self.segments) - self._read_samples
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(segment.size for segment in self.segments)
+
+    def oldest_age(self) -> float:
+        if not self.segments:
+            return 0.0
+        return max(0.0, self.clock() - self.segments[0].first_ms / 1000.0)
+
+    def state(self) -> BufferState:
+        return BufferState(self.samples, self.disk_bytes, self.oldest_age(), self.dropped)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def append(self, record: Record) -> None:
+        data = (
+            RECORD_HEADER.pack(len(record.payload), _record_crc(record), record.timestamp_ms, record.samples)
+            + record.payload
+        )
+        if self._writer is None or self.segments[-1].size + len(data) > self.segment_limit:
+            self._open_segment()
+        os.write(self._writer, data)  # type: ignore[arg-type]
+        segment = self.segments[-1]
+        segment.size += len(data)
+        segment.samples += record.samples
+        segment.first_ms = segment.first_ms or record.timestamp_ms
+        segment.last_ms = record.timestamp_ms
+        self._enforce_bounds()
+
+    def _open_segment(self) -> None:
+        self._close_writer()
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        path = os.path.join(self.directory, f"{self._next_sequence:012d}{SEGMENT_SUFFIX}")
+        self._next_sequence += 1
+        self._writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o640)
+        self.segments.append(Segment(path))
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+    def _enforce_bounds(self) -> None:
+        oldest_kept_ms = (self.clock() - self.max_age) * 1000
+        while len(self.segments) > 1 and (
+            self.disk_bytes > self.max_bytes or self.segments[0].last_ms < oldest_kept_ms
+        ):
+            self._drop_first_segment()
+
+    def _drop_first_segment(self) -> None:
+        self.dropped += self.segments[0].samples - self._read_samples
+        self._remove_first_segment()
+
+    def _remove_first_segment(self) -> None:
+        segment = self.segments.pop(0)
+        if not self.segments:
+            self._close_writer()
+        os.unlink(segment.path)
+        self._read_offset = self._read_samples = 0
+        self._write_cursor()
+
+    # -- replay ---------------------------------------------------------------------------------
+
+    def peek(self, max_bytes: int) -> Tuple[List[Record], int]:
+        """The oldest records (at least one, up to about max_bytes of payload) and the offset after
+        them in the first segment. Too old records are dropped (counted) instead; a torn or corrupt
+        rest of a segment ends it."""
+        self._enforce_bounds()
+        oldest_kept_ms = (self.clock() - self.max_age) * 1000
+        while self.segments:
+            segment = self.segments[0]
+            records, offset, intact = self._read(segment.path, self._read_offset, max_bytes)
+            fresh = [record for record in records if record.timestamp_ms >= oldest_kept_ms]
+            stale = sum(record.samples for record in records) - sum(record.samples for record in fresh)
+            if stale:
+                self.dropped += stale
+                self._advance(offset, stale)
+            if fresh:
+                return fresh, offset
+            if stale:
+                continue
+            if not intact or offset >= segment.size:
+                if not intact:
+                    log.warning("remote-write buffer: %s ends in a torn or corrupt record; skipping its rest",
+                                segment.path)  # fmt: skip
+                    self.dropped += max(0, segment.samples - self._read_samples)
+                if len(self.segments) == 1 and intact:
+                    return [], offset  # the segment being written, read to its end
+                self._remove_first_segment()
+                continue
+        return [], 0
+
+    def commit(self, records: List[Record], offset: int) -> None:
+        """The records peek() returned were delivered."""
+        self._advance(offset, sum(record.samples for record in records))
+
+    def _advance(self, offset: int, samples: int) -> None:
+        self._read_offset = offset
+        self._read_samples += samples
+        segment = self.segments[0]
+        if offset >= segment.size and (len(self.segments) > 1 or self._writer is None or not self.samples):
+            self._remove_first_segment()
+        else:
+            self._write_cursor()
+
+    def _write_cursor(self) -> None:
+        path = os.path.join(self.directory, CURSOR_FILE)
+        if not self.segments:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="ascii") as handle:
+            handle.write(f"{os.path.basename(self.segments[0].path)} {self._read_offset} {self._read_samples}\n")
+        os.replace(temporary, path)
+
+    @staticmethod
+    def _read(path: str, offset: int, max_bytes: int) -> Tuple[List[Record], int, bool]:
+        """(records from offset, offset after them, False if a torn or corrupt record ended the read)."""
+        records: List[Record] = []
+        taken = 0
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            while not records or taken < max_bytes:
+                header = handle.read(RECORD_HEADER.size)
+                if not header:
+                    return records, offset, True
+                if len(header) < RECORD_HEADER.size:
+                    return records, offset, False
+                length, crc, timestamp_ms, samples = RECORD_HEADER.unpack(header)
+                payload = handle.read(length)
+                record = Record(timestamp_ms, samples, payload)
+                if len(payload) < length or crc != _record_crc(record):
+                    return records, offset, False
+                records.append(record)
+                offset += RECORD_HEADER.size + length
+                taken += length
+        return records, offset, True
+
+    def close(self) -> None:
+        self._close_writer()
+
+
+def _record_crc(record: Record) -> int:
+    return zlib.crc32(record.payload, zlib.crc32(struct.pack("<qI", record.timestamp_ms, record.samples)))
+
+
+# Replay: at most one batch of this much buffered (compressed) data per pause, the pause being the
+# interval (at least 1 s) times a random factor, the first one spread over REPLAY_START_SPREAD seconds
+# after a recovery, so a fleet reconnecting at once does not arrive at once.
+REPLAY_BATCH_BYTES = 256 * 1024
+REPLAY_MIN_PAUSE = 1.0
+REPLAY_START_SPREAD = 10.0
+BUFFER_DIR = "remote-write-buffer"
+
+
+def keeps_for_later(err: PushError) -> bool:
+    """What an outage looks like: no answer, a 5xx, 429, or a refused login (fixed by the operator,
+    while the data waits). Any other 4xx refuses the batch itself: retrying it cannot help."""
+    status = int(err.kind[5:]) if err.kind.startswith("http-") else 0
+    return not (400 <= status < 500) or status == 429
+
+
+class RemoteWriteTransport:
+    """Sends each cycle as it is collected; what the server does not take goes to the DiskBuffer and
+    is replayed, oldest first, after the live cycles while the server answers."""
+
+    def __init__(self, config: Config, device_labels: Labels, clock: Callable[[], float]) -> None:
+        self.compress, self.decompress = load_snappy()
+        self.encoder = WriteRequestEncoder(config.job, device_labels)
+        self.client = RemoteWriteClient(config)
+        state_dir = config.state_dir or default_state_dir()
+        self.buffer = DiskBuffer(os.path.join(state_dir, BUFFER_DIR), config.buffer_max_bytes, config.buffer_max_age)
+        self.clock = clock
+        self.pause = max(config.interval, REPLAY_MIN_PAUSE)
+        self.next_replay = clock() + random.uniform(0, REPLAY_START_SPREAD)
+        self.refused_logged = False
+        self.buffer_error_logged = False
+
+    def send(self, families: List[Family], timestamp_ms: int) -> None:
+        """One live cycle; raises PushError when it did not arrive (kept or dropped, see keeps_for_later)."""
+        payload, samples = self.encoder.encode(families, timestamp_ms)
+        compressed = self.compress(payload)
+        try:
+            self.client.write(compressed)
+        except PushError as err:
+            if keeps_for_later(err):
+                self._keep(Record(timestamp_ms, samples, compressed))
+                raise
+            self.buffer.dropped += samples  # logged by the agent, once per kind of failure
+            raise PushError(f"{err}; its {samples} samples dropped (not retried)", err.kind) from None
+
+    def recovered(self) -> None:
+        self.next_replay = self.clock() + random.uniform(0, REPLAY_START_SPREAD)
+
+    def _keep(self, record: Record) -> None:
+        try:
+            self.buffer.append(record)
+            self.buffer_error_logged = False
+        except OSError as err:
+            self.buffer.dropped += record.samples
+            if not self.buffer_error_logged:
+                log.error("cannot write the remote-write buffer in %s, dropping: %s", self.buffer.directory, err)
+            self.buffer_error_logged = True
+
+    def _refused(self, err: PushError, samples: int) -> None:
+        self.buffer.dropped += samples
+        if not self.refused_logged:
+            log.error("the server refused a replayed batch, its %d samples dropped (not retried): %s", samples, err)
+        self.refused_logged = True
+
+    def replay(self, time_left: float) -> None:
+        """At most one batch of the backlog, when one is due and a whole request fits in time_left."""
+        now = self.clock()
+        if not self.buffer.samples or now < self.next_replay or time_left <= self.client.timeout:
+            return
+        self.next_replay = now + self.pause * random.uniform(0.5, 1.5)
+        try:
+            records, offset = self.buffer.peek(REPLAY_BATCH_BYTES)
+        except OSError as err:
+            log.error("cannot read the remote-write buffer in %s: %s", self.buffer.directory, err)
+            return
+        if not records:
+            return
+        batch = self.compress(b"".join(self.decompress(record.payload) for record in records))
+        try:
+            self.client.write(batch)
+            self.refused_logged = False
+        except PushError as err:
+            if keeps_for_later(err):
+                log.debug("replay failed, kept for later: %s", err)
+                return
+            self._refused(err, sum(record.samples for record in records))
+        self.buffer.commit(records, offset)
+
+    def close(self) -> None:
+        self.client.close()
+        self.buffer.close()
 
 
 class Agent:
@@ -1374,20 +1911,41 @@ class Agent:
         self.signals = signals or Signals()
         self.sampler = Sampler(config.top_n, clock, config.disabled)
         self.exposition = Exposition(device_serial, hostname or socket.gethostname(), config.interval)
-        self.client = PushgatewayClient(config, device_serial)
+        self.remote_write: Optional[RemoteWriteTransport] = None
+        if config.remote_write_url:
+            self.remote_write = RemoteWriteTransport(config, self.exposition.device_labels, clock)
+            self.client: HttpClient = self.remote_write.client
+            self.target = config.remote_write_url
+        else:
+            self.client = PushgatewayClient(config, device_serial)
+            self.target = config.pushgateway_url
+        self._slot_end: Optional[float] = None  # end of the current slot while run() schedules
         self._outage_kind: Optional[str] = None
         self._outage_started = 0.0
         self._failed_attempts = 0
         self._hangups_logged = 0
 
+    def collect_families(self) -> Tuple[List[Family], int]:
+        """This cycle's families and their collection time in ms (the remote-write timestamp)."""
+        collected_at = time.time()
+        snap = self.sampler.sample()
+        if self.remote_write is not None:
+            self.exposition.buffer = self.remote_write.buffer.state()
+        return self.exposition.families(snap, collected_at), int(collected_at * 1000)
+
     def collect(self) -> bytes:
-        return self.exposition.render(self.sampler.sample())
+        """The text exposition of one cycle; in remote-write mode each sample carries its timestamp."""
+        families, timestamp_ms = self.collect_families()
+        return self.exposition.text(families, timestamp_ms if self.remote_write is not None else None)
 
     def push_once(self) -> bool:
         """One cycle: collect, push once, and log only the transitions between healthy and failing."""
-        body = self.collect()
+        families, timestamp_ms = self.collect_families()
         try:
-            self.client.push(body)
+            if self.remote_write is not None:
+                self.remote_write.send(families, timestamp_ms)
+            else:
+                self.client.push(self.exposition.text(families))
         except PushError as err:
             self.exposition.push_failures += 1
             self._note_failure(err)
@@ -1395,12 +1953,17 @@ class Agent:
         if self._outage_kind is not None:
             log.info(
                 "push to %s recovered after %d failed attempt(s) over %.1f s",
-                self.config.pushgateway_url,
+                self.target,
                 self._failed_attempts,
                 self.clock() - self._outage_started,
             )
+            if self.remote_write is not None:
+                self.remote_write.recovered()
         self._outage_kind = None
         self._failed_attempts = 0
+        if self.remote_write is not None:
+            time_left = float("inf") if self._slot_end is None else self._slot_end - self.clock()
+            self.remote_write.replay(time_left)
         return True
 
     def _note_failure(self, err: PushError) -> None:
@@ -1409,7 +1972,7 @@ class Agent:
         if err.kind != self._outage_kind:
             log.error(
                 "push to %s failed: %s; trying again each interval, next message on recovery or a different error",
-                self.config.pushgateway_url,
+                self.target,
                 err,
             )
         else:
@@ -1431,6 +1994,7 @@ class Agent:
             if remaining > 0:
                 self.sleep(remaining)
             self._log_hangups()
+            self._slot_end = next_slot + interval
             self.push_once()
             cycles += 1
             # Next slot on the fixed grid; slots missed by a slow cycle are skipped, not bursted.
@@ -1467,6 +2031,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(json.dumps({"device_serial": serial, "source": source}))
             return 0
         load_psutil()
+        if config.remote_write_url:
+            load_snappy()
         serial, source = resolve_device_serial(config.device_serial, config.state_dir)
     except ConfigError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
@@ -1479,7 +2045,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         serial,
         source,
         config.job,
-        config.pushgateway_url,
+        config.remote_write_url or config.pushgateway_url,
         config.interval,
     )
     agent = Agent(config, serial, signals=signals)
@@ -1503,6 +2069,8 @@ def run_mode(agent: Agent, config: Config, signals: Signals) -> int:
             signals.interruptible(agent.run)
     except ShutdownRequested as reason:
         log.info("%s received, stopping", reason)
+    if agent.remote_write is not None:
+        agent.remote_write.close()
     agent.client.close()
     if config.delete_on_exit and not config.print_only:
         # Not interruptible: a further signal is recorded and the deletion, bounded by the

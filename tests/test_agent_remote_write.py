@@ -1,0 +1,275 @@
+"""The agent's remote-write transport against real receivers: Prometheus 2.42 configured by the
+prometheus role (receiver on, out-of-order window), Debian's VictoriaMetrics, and a loopback receiver
+that records requests and answers as told. Each sample must arrive stamped with its collection time,
+and nothing collected during an outage may be missing afterwards."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import pytest
+
+from conftest import agent_command, agent_env, run_agent
+from testkit.process import free_port, stop_process, wait_until
+from testkit.remote_write import Receiver, VictoriaMetrics, decode
+from testkit.server import Prometheus, read_flags, render_server_config
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 1.0
+STAMP = "push_monitor_collection_timestamp_seconds"
+OUTAGE_SECONDS = 60
+# Metric names both transports send (the Pushgateway path's core set, tests/test_agent_pushgateway.py).
+CORE_METRICS = {
+    "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_push_failures_total", STAMP,
+    "total_cpu_usage_percent", "total_memory_usage_percent", "app_cpu_usage_percent", "app_memory_usage_mb",
+    "load_average_1m", "system_processes",
+}  # fmt: skip
+BUFFER_METRICS = {
+    "push_monitor_buffer_samples", "push_monitor_buffer_disk_bytes", "push_monitor_buffer_oldest_age_seconds",
+    "push_monitor_buffer_dropped_samples_total",
+}  # fmt: skip
+
+
+class RemoteWriteAgent:
+    """files/push_monitor.py --remote-write in the background, its buffer under its own state dir."""
+
+    def __init__(self, workdir: Path, url: str, serial: str, *extra: str, interval: float = INTERVAL) -> None:
+        self.serial = serial
+        self.state_dir = workdir / f"state-{serial}"
+        self.buffer_dir = self.state_dir / "remote-write-buffer"
+        self.log = workdir / f"agent-{serial}.log"
+        self.args = agent_command(
+            "--remote-write", url, "--interval", str(interval), "--job", "rw-test", "--device-serial", serial,
+            "--top-n", "3", "--state-dir", str(self.state_dir), *extra,
+        )  # fmt: skip
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=agent_env()
+        )
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def segments(self) -> List[Path]:
+        return sorted(self.buffer_dir.glob("*.seg")) if self.buffer_dir.exists() else []
+
+    def buffered_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.segments())
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def receiver_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prometheus role's files with the receiver on."""
+    workdir = tmp_path_factory.mktemp("rw-render")
+    return render_server_config(
+        workdir / "render",
+        {
+            "prometheus_remote_write_receiver": True,
+            "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
+        },
+    )
+
+
+def role_prometheus(render: Path, workdir: Path, port: Optional[int] = None) -> Prometheus:
+    return Prometheus(
+        workdir, render / "prometheus" / "prometheus.yml", read_flags(render / "flags" / "prometheus.env"), port=port
+    )
+
+
+@pytest.fixture
+def prometheus(receiver_render: Path, tmp_path: Path) -> Iterator[Prometheus]:
+    server = role_prometheus(receiver_render, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def stamps(prometheus: Prometheus, serial: str, seconds: float) -> List[Tuple[float, float]]:
+    """(sample timestamp, value) of the agent's collection-time gauge over the last seconds."""
+    data = prometheus.api("query", query=f'{STAMP}{{device_serial="{serial}"}}[{int(seconds)}s]', time=time.time())
+    return [(float(ts), float(value)) for series in data["result"] for ts, value in series["values"]]
+
+
+def gaps(timestamps: List[float]) -> List[Tuple[float, float]]:
+    ordered = sorted(timestamps)
+    return [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a > 2 * INTERVAL]
+
+
+def test_series_arrive_with_the_agents_timestamps_and_the_pushgateway_paths_names(
+    prometheus: Prometheus, tmp_path: Path
+) -> None:
+    agent = RemoteWriteAgent(tmp_path, prometheus.url + "/api/v1/write", "rw-arrive")
+    agent.start()
+    try:
+        wait_until(lambda: len(stamps(prometheus, "rw-arrive", 60)) >= 3, 60, 0.5, message="three cycles")
+    finally:
+        agent.stop()
+    for timestamp, collected in stamps(prometheus, "rw-arrive", 60):
+        assert abs(timestamp - collected) < 0.002  # stored at the collection time, not the arrival time
+    names = {series["__name__"] for series in prometheus.api("series", **{"match[]": '{device_serial="rw-arrive"}'})}
+    assert names >= CORE_METRICS | BUFFER_METRICS
+    info = prometheus.instant('push_monitor_info{device_serial="rw-arrive"}')[0]["metric"]
+    assert {k: v for k, v in info.items() if k not in ("hostname", "version")} == {
+        "__name__": "push_monitor_info", "job": "rw-test", "device_serial": "rw-arrive",
+    }  # fmt: skip
+    assert not agent.segments()  # healthy: nothing was written to disk
+
+
+def append_torn_record(segment: Path) -> None:
+    """What a kill in the middle of a write leaves: the start of a record (a complete header that
+    promises more payload than follows)."""
+    data = segment.read_bytes()
+    with segment.open("ab") as handle:
+        handle.write(data[:40])
+
+
+def test_no_gap_across_a_prometheus_outage_with_a_steady_and_a_killed_and_restarted_agent(
+    receiver_render: Path, tmp_path: Path
+) -> None:
+    """Prometheus stopped for 60 s and started on the same TSDB. Agent "steady" runs throughout;
+    agent "restarted" is SIGKILLed during the outage (a torn record appended to its buffer, as a kill
+    mid-write leaves it) and started again. Afterwards both series have a sample every interval,
+    the restarted one apart from the seconds it was not running."""
+    port = free_port()
+    server = role_prometheus(receiver_render, tmp_path, port)
+    server.start()
+    url = server.url + "/api/v1/write"
+    steady = RemoteWriteAgent(tmp_path, url, "rw-steady")
+    restarted = RemoteWriteAgent(tmp_path, url, "rw-restarted")
+    steady.start()
+    restarted.start()
+    try:
+        wait_until(lambda: len(stamps(server, "rw-steady", 60)) >= 3, 60, 0.5, message="first samples")
+        wait_until(lambda: len(stamps(server, "rw-restarted", 60)) >= 3, 60, 0.5, message="first samples")
+        server.stop()
+        outage_started = time.time()
+        wait_until(lambda: restarted.buffered_bytes() > 0, 30, 0.2, message="the buffer on disk")
+        time.sleep(OUTAGE_SECONDS / 2)
+        restarted.kill()
+        killed_at = time.time()
+        append_torn_record(restarted.segments()[-1])
+        restarted.start()
+        time.sleep(max(0.0, outage_started + OUTAGE_SECONDS - time.time()))
+        server = role_prometheus(receiver_render, tmp_path, port)
+        server.start()
+        recovered_at = time.time()
+        for agent in (steady, restarted):
+            wait_until(lambda agent=agent: not agent.segments(), 240, 1, message=f"{agent.serial} replayed")
+        window = time.time() - outage_started + 30
+        steady_times = [ts for ts, _ in stamps(server, "rw-steady", window)]
+        restarted_times = [ts for ts, _ in stamps(server, "rw-restarted", window)]
+        assert min(steady_times) < outage_started - 2 and max(steady_times) > recovered_at
+        assert gaps(steady_times) == []
+        # The restarted agent's only gap is its own restart: from the kill to its first new cycle.
+        restart_gaps = gaps(restarted_times)
+        assert len(restart_gaps) <= 1
+        for before, after in restart_gaps:
+            assert killed_at - 2 * INTERVAL <= before and after <= killed_at + 15
+        assert min(restarted_times) < outage_started - 2 and max(restarted_times) > recovered_at
+        assert "torn or corrupt" in restarted.log_text()
+        for agent in (steady, restarted):
+            assert "Traceback" not in agent.log_text()
+        dropped = server.instant("max by (device_serial) (push_monitor_buffer_dropped_samples_total)")
+        assert {(s["metric"]["device_serial"], s["value"][1]) for s in dropped} >= {("rw-steady", "0")}
+    finally:
+        steady.stop()
+        restarted.stop()
+        server.stop()
+
+
+def test_a_full_buffer_drops_the_oldest_and_counts_them(receiver_render: Path, tmp_path: Path) -> None:
+    port = free_port()
+    agent = RemoteWriteAgent(
+        tmp_path, f"http://127.0.0.1:{port}/api/v1/write", "rw-full", "--buffer-max-bytes", "65536", interval=0.1
+    )
+    agent.start()
+    first_cycle = time.time()
+    server = role_prometheus(receiver_render, tmp_path, port)
+    try:
+        # Full: the oldest segment was deleted (segments are numbered from 1).
+        wait_until(lambda: agent.segments() and agent.segments()[0].name != "000000000001.seg", 60, 0.2,
+                   message="the oldest segment dropped")  # fmt: skip
+        assert agent.buffered_bytes() <= 65536 + 8192
+        server.start()
+        wait_until(lambda: not agent.segments(), 120, 0.5, message="the rest replayed")
+        assert agent.process is not None and agent.process.poll() is None
+        data = server.api("query", query=f'{STAMP}{{device_serial="rw-full"}}[10m]', time=time.time())
+        dropped = server.instant(
+            'max(max_over_time(push_monitor_buffer_dropped_samples_total{device_serial="rw-full"}[10m]))'
+        )
+    finally:
+        agent.stop()
+        server.stop()
+    arrived = [float(ts) for series in data["result"] for ts, _ in series["values"]]
+    assert min(arrived) > first_cycle + 0.5  # the first cycles were dropped
+    assert float(dropped[0]["value"][1]) > 0
+    assert "Traceback" not in agent.log_text()
+
+
+def test_the_requests_follow_the_remote_write_spec(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        result = run_agent("--remote-write", receiver.url, "--once", "--device-serial", "spec", "--job", "j",
+                           "--state-dir", str(tmp_path))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    (request,) = receiver.requests
+    assert request.headers["content-encoding"] == "snappy"
+    assert request.headers["content-type"] == "application/x-protobuf"
+    assert request.headers["x-prometheus-remote-write-version"] == "0.1.0"
+    series = decode(request.body)
+    for one in series:
+        names = [name for name, _ in one.labels]
+        assert names == sorted(names) and len(one.samples) == 1
+        assert dict(one.labels)["job"] == "j" and dict(one.labels)["device_serial"] == "spec"
+    assert len({one.samples[0][0] for one in series}) == 1  # one collection time for the whole cycle
+
+
+def test_a_4xx_drops_the_batch_with_one_line_and_a_5xx_keeps_it(tmp_path: Path) -> None:
+    with Receiver(status=400) as receiver:
+        agent = RemoteWriteAgent(tmp_path, receiver.url, "rw-400", interval=0.5)
+        agent.start()
+        try:
+            wait_until(lambda: len(receiver.requests) >= 5, 30, 0.1, message="five refused cycles")
+            assert not agent.segments()
+            receiver.status = 503
+            wait_until(lambda: agent.buffered_bytes() > 0, 30, 0.1, message="a 503 kept on disk")
+            receiver.status = 204
+            wait_until(lambda: not agent.segments(), 60, 0.2, message="the kept cycles replayed")
+        finally:
+            agent.stop()
+    refused = [line for line in agent.log_text().splitlines() if "HTTP 400" in line]
+    assert len(refused) == 1 and "dropped (not retried)" in refused[0]
+    dropped = [s.samples[0][1] for s in receiver.series() if s.name == "push_monitor_buffer_dropped_samples_total"]
+    assert max(dropped) > 0
+
+
+def test_victoria_metrics_stores_the_agents_samples_with_their_timestamps(tmp_path: Path) -> None:
+    store = VictoriaMetrics(tmp_path)
+    store.start()
+    agent = RemoteWriteAgent(tmp_path, store.url + "/api/v1/write", "rw-vm")
+    selector = f'{STAMP}{{device_serial="rw-vm",job="rw-test"}}'
+    try:
+        agent.start()
+        wait_until(lambda: sum(len(s["values"]) for s in store.export(selector)) >= 3, 60, 0.5, message="3 samples")
+        (series,) = store.export(selector)
+    finally:
+        agent.stop()
+        store.stop()
+    for timestamp_ms, collected in zip(series["timestamps"], series["values"]):
+        assert abs(timestamp_ms / 1000 - collected) < 0.002
