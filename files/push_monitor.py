@@ -1638,6 +1638,9 @@ class DiskBuffer:
                 segment.samples += samples
                 segment.first_ms = segment.first_ms or timestamp_ms
                 segment.last_ms = timestamp_ms
+        torn = os.path.getsize(path) - segment.size
+        if torn:
+            log.warning("remote-write buffer: %s ends in a torn record (%d bytes), skipped", path, torn)
         return segment
 
     def _read_cursor(self) -> Optional[Tuple[str, int, int]]:

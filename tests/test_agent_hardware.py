@@ -84,9 +84,9 @@ def test_odd_mountpoints_are_exact_labels_and_unreadable_ones_are_skipped(monkey
     assert [u.mountpoint for u in usages] == sorted(odd[:-1], key=lambda p: (len(p), p))
     exposition = pm.Exposition("serial", "host", 1.0)
     snap = pm.Snapshot(0.0, None, None, {}, (0, 0, 0), [], 0, 0.0, 0.0, filesystems=usages)
-    lines: List[str] = []
-    exposition._hardware(lines, snap)
-    text = "\n".join(lines)
+    families: List[pm.Family] = []
+    exposition._hardware(families, snap)
+    text = exposition.text(families).decode()
     assert 'mountpoint="/mnt/quote\\"and\\\\backslash"' in text
     assert 'mountpoint="/mnt/new\\nline"' in text
     assert 'mountpoint="/mnt/ünïcödé"' in text and 'mountpoint="/mnt/with space"' in text
@@ -119,9 +119,10 @@ def render_hardware(psutil: Any) -> str:
         0.0, None, None, {}, (0, 0, 0), [], 0, 0.0, 0.0,
         temperatures=pm.read_temperatures(psutil), battery=pm.read_battery(psutil),
     )  # fmt: skip
-    lines: List[str] = []
-    pm.Exposition("serial", "host", 1.0)._hardware(lines, snap)
-    return "\n".join(lines)
+    families: List[pm.Family] = []
+    exposition = pm.Exposition("serial", "host", 1.0)
+    exposition._hardware(families, snap)
+    return exposition.text(families).decode()
 
 
 def test_absent_hardware_is_an_absent_series() -> None:

@@ -27,7 +27,7 @@ EXPECTED_METRICS = {
     "network_transmit_packets_total", "network_receive_errors_total", "network_transmit_errors_total",
     "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "system_processes",
     "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_collection_duration_seconds",
-    "push_monitor_push_failures_total",
+    "push_monitor_push_failures_total", "push_monitor_collection_timestamp_seconds",
 }  # fmt: skip
 GATEWAY_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
 AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备"]

@@ -183,7 +183,7 @@ def test_no_gap_across_a_prometheus_outage_with_a_steady_and_a_killed_and_restar
         for before, after in restart_gaps:
             assert killed_at - 2 * INTERVAL <= before and after <= killed_at + 15
         assert min(restarted_times) < outage_started - 2 and max(restarted_times) > recovered_at
-        assert "torn or corrupt" in restarted.log_text()
+        assert "ends in a torn record" in restarted.log_text()
         for agent in (steady, restarted):
             assert "Traceback" not in agent.log_text()
         dropped = server.instant("max by (device_serial) (push_monitor_buffer_dropped_samples_total)")
