@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""How many devices one server ingests at a 1 s interval: the stock Pushgateway and the roles' server,
-side by side in one run, each scraped every second by a real Prometheus.
+"""How many devices one server ingests at a 1 s interval: the stock Pushgateway, the roles' server and
+the agent's remote write into the roles' Prometheus, side by side in one run.
 
 Subjects run one after the other (never sharing the CPU), each on its own free loopback port:
 
@@ -8,23 +8,30 @@ Subjects run one after the other (never sharing the CPU), each on its own free l
   role   the Pushgateway with the flags roles/pushgateway renders (testkit/server.py renders them
          through playbooks/render-server-config.yml with the roles' defaults)
 
-Both are scraped by /usr/bin/prometheus with the configuration roles/prometheus renders (the pushgateway
-job: honor_labels, 1 s interval and timeout; the rules; the role's Prometheus flags).
+  remote_write  no gateway: the devices POST remote-write requests (the agent's encoding of the same
+         samples, each push stamped with the current time, snappy-compressed per push) to the role's
+         Prometheus with prometheus_remote_write_receiver on
+
+The gateways are scraped by /usr/bin/prometheus with the configuration roles/prometheus renders (the
+pushgateway job: honor_labels, 1 s interval and timeout; the rules; the role's Prometheus flags).
 
 The load: N simulated devices, each pushing the agent's real exposition (files/push_monitor.py --print
 --top-n 10, with each device's own serial and host name) with PUT to its own group, once a second on a
 fixed grid with its own phase, over its own kept-alive connection, from --workers processes. For each
 step of the ramp the new devices' groups are pushed once first, then the load runs for --duration s.
 A step passes with zero failed pushes, push p99 < 250 ms, Prometheus' scrape_duration_seconds of the
-gateway < 1 s and up == 1 throughout, and at least 95 % of the offered pushes made (else the generator,
-not the server, was the limit). A subject stops ramping after its first failing step.
+gateway < 1 s and up == 1 throughout (remote write instead: at least 95 % of the pushed samples counted in
+prometheus_tsdb_head_samples_appended_total), and at least 95 % of the offered pushes made (else the
+generator, not the server, was the limit). A subject stops ramping after its first failing step.
 
 Prints one row per step, then for each subject the largest passing N and its ratio to the first
-subject, against the targets (role >= 2000 devices and >= 20x stock), PASS or MISS; exits 0 either way.
+subject, against the targets (role >= 2000 devices and >= 20x stock, remote_write >= 3x role), PASS or
+MISS, and the wire bytes per sample of each transport; exits 0 either way.
 Exit 1 if the benchmark cannot run, 2 on bad input.
 
     .venv/bin/python bench/ingest.py                          # stock and role, the default ramp
     .venv/bin/python bench/ingest.py --quick                  # smoke run: tiny N, a few seconds a step
+    .venv/bin/python bench/ingest.py --subjects role,remote_write --ramp 500,1000,2000,3000
 """
 
 from __future__ import annotations
@@ -50,11 +57,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a real Prometheus
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's own path and label encoding
 
-from ingest_load import Device, StepCommand, StepResult, worker_main  # noqa: E402
+from ingest_load import TIMESTAMP_PLACEHOLDER, Device, StepCommand, StepResult, build_request, worker_main  # noqa: E402
 
-from push_monitor import DEFAULT_JOB, grouping_path, label_safe  # noqa: E402
+from push_monitor import DEFAULT_JOB, Family, WriteRequestEncoder, grouping_path, label_safe  # noqa: E402
 from testkit.process import free_port, stop_process, wait_until  # noqa: E402
 from testkit.server import Prometheus, read_flags, render_server_config  # noqa: E402
+from testkit.web import http_get  # noqa: E402
 
 AGENT = ROOT / "files" / "push_monitor.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -71,10 +79,17 @@ SCRAPE_LIMIT = 1.0
 ACHIEVED_MIN = 0.95
 TARGET_DEVICES = 2000
 TARGET_RATIO = 20.0
+TARGET_REMOTE_WRITE_RATIO = 3.0
+STORED_MIN = 0.95
 SUBJECTS = {
     "stock": "Debian's Pushgateway, stock flags",
     "role": "the flags roles/pushgateway renders",
+    "remote_write": "the agent's remote write to the role's Prometheus, receiver on",
 }
+PLACEHOLDER_MS = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(TIMESTAMP_PLACEHOLDER))
+SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$")
+LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
 class BenchError(Exception):
@@ -89,6 +104,14 @@ def parse_ramp(raw: str) -> List[int]:
     if not steps or any(n < 1 for n in steps) or steps != sorted(set(steps)):
         raise argparse.ArgumentTypeError(f"--ramp {raw!r}: expected increasing positive device counts")
     return steps
+
+
+def parse_subjects(raw: str) -> List[str]:
+    chosen = [part.strip() for part in raw.split(",") if part.strip()]
+    unknown = [name for name in chosen if name not in SUBJECTS]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"--subjects {raw!r}: choose from {', '.join(SUBJECTS)}")
+    return [name for name in SUBJECTS if name in chosen]
 
 
 def positive(kind: type):
@@ -110,6 +133,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: ramp {QUICK_RAMP}, 3 s steps")
+    parser.add_argument(
+        "--subjects",
+        type=parse_subjects,
+        default=list(SUBJECTS),
+        help=f"comma-separated [default {','.join(SUBJECTS)}]",
+    )
     parser.add_argument("--ramp", type=parse_ramp, help=f"device counts, increasing [default {DEFAULT_RAMP}]")
     parser.add_argument("--duration", type=positive(float), help="seconds of load per step [default 15]")
     parser.add_argument("--interval", type=positive(float), default=1.0, help="push interval [default 1]")
@@ -167,13 +196,38 @@ def realistic_serial(rng: random.Random, index: int) -> str:
     return "5CG" + "".join(rng.choices(upper, k=7))  # HP
 
 
-def build_devices(count: int, exposition: str) -> List[Device]:
+def exposition_families(exposition: str) -> List[Family]:
+    """The exposition's samples as the agent's families, without the device's own labels."""
+    families = []
+    for line in exposition.splitlines():
+        match = SAMPLE_LINE.match(line)
+        if match is None:
+            continue
+        name, labels, value = match.groups()
+        pairs = tuple(
+            (label, re.sub(r"\\[\\\"n]", lambda m: UNESCAPE[m.group(0)], text))
+            for label, text in LABEL_PAIR.findall(labels)
+            if label not in ("device_serial", "hostname")
+        )
+        families.append(Family(name, "", "", [(pairs, float(value))]))
+    return families
+
+
+def write_request(families: List[Family], serial: str, host: str) -> bytes:
+    """The agent's WriteRequest of these samples for one device, TIMESTAMP_PLACEHOLDER as every timestamp."""
+    encoder = WriteRequestEncoder(DEFAULT_JOB, (("device_serial", label_safe(serial)), ("hostname", host)))
+    payload, _ = encoder.encode(families, PLACEHOLDER_MS)
+    return payload
+
+
+def build_devices(count: int, exposition: str, remote_write: bool) -> List[Device]:
     rng = random.Random(20261125)
     hostname = re.search(r'hostname="([^"]*)"', exposition)
     if hostname is None:
         raise BenchError("the agent's exposition has no hostname label")
     seen: set = set()
     devices = []
+    families = exposition_families(exposition)
     for index in range(count):
         serial = realistic_serial(rng, index)
         while serial in seen:
@@ -182,7 +236,8 @@ def build_devices(count: int, exposition: str) -> List[Device]:
         host = f"{rng.choice(['pos', 'kiosk', 'edge', 'lab'])}-{rng.randint(1, 400):03d}-{index:05d}"
         text = exposition.replace(f'hostname="{hostname.group(1)}"', f'hostname="{host}"')
         text = text.replace(PLACEHOLDER_SERIAL, label_safe(serial))
-        devices.append(Device(grouping_path(DEFAULT_JOB, serial), text.encode(), rng.random()))
+        request = write_request(families, serial, host) if remote_write else b""
+        devices.append(Device(grouping_path(DEFAULT_JOB, serial), text.encode(), rng.random(), request))
     return devices
 
 
@@ -223,8 +278,8 @@ def loadavg() -> str:
 
 @dataclass
 class Server:
-    gateway: subprocess.Popen
-    gateway_port: int
+    gateway: Optional[subprocess.Popen]  # None for remote write: the devices write to Prometheus
+    gateway_port: int  # where the devices send: the gateway, or Prometheus' receiver
     prometheus: Prometheus
     gateway_flags: List[str]
     prometheus_flags: List[str]
@@ -239,12 +294,13 @@ def gateway_flags(subject: str, rendered: Path, port: int, workdir: Path) -> Lis
     return own + [f for f in flags if f.split("=", 1)[0] not in owned]
 
 
-def render(workdir: Path, gateway_port: int, prometheus_port: int) -> Path:
+def render(workdir: Path, gateway_port: int, prometheus_port: int, receiver: bool = False) -> Path:
     dest = workdir / "rendered"
     extra = {
         "prometheus_rules_dir": str(dest / "prometheus" / "rules"),
         "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway_port}"],
         "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
+        "prometheus_remote_write_receiver": receiver,
     }
     try:
         return render_server_config(dest, extra)
@@ -284,6 +340,11 @@ def start_prometheus(workdir: Path, rendered: Path, port: int) -> Prometheus:
 
 def start_server(subject: str, workdir: Path) -> Server:
     gateway_port, prometheus_port = free_port(), free_port()
+    if subject == "remote_write":
+        # The role's Prometheus unchanged but for the receiver; its pushgateway job finds nothing to scrape.
+        rendered = render(workdir, gateway_port, prometheus_port, receiver=True)
+        prometheus = start_prometheus(workdir, rendered, prometheus_port)
+        return Server(None, prometheus_port, prometheus, [], prometheus.args)
     rendered = render(workdir, gateway_port, prometheus_port)
     flags = gateway_flags(subject, rendered, gateway_port, workdir)
     gateway = start_gateway(flags, gateway_port, workdir)
@@ -297,7 +358,18 @@ def start_server(subject: str, workdir: Path) -> Server:
 
 def stop_server(server: Server) -> None:
     server.prometheus.stop()
-    stop_process(server.gateway)
+    if server.gateway is not None:
+        stop_process(server.gateway)
+
+
+def samples_appended(server: Server) -> float:
+    """Prometheus' prometheus_tsdb_head_samples_appended_total (all sample types), from its /metrics."""
+    text = http_get(f"{server.prometheus.url}/metrics", 10).decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("prometheus_tsdb_head_samples_appended_total")
+    )
 
 
 def prometheus_value(server: Server, expr: str, at: float) -> Optional[float]:
@@ -384,15 +456,19 @@ class Step:
     load: str
     scrape_cpu_ms: Optional[float]  # gateway CPU per scrape, from a window without pushes
     push_cpu_us: Optional[float]  # gateway CPU per push: the load window's CPU minus its scrapes'
+    stored_share: Optional[float] = None  # remote write: samples Prometheus appended / samples pushed
+
+    def ingested(self) -> bool:
+        if self.stored_share is not None:
+            return self.stored_share >= STORED_MIN
+        return self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT and self.up_min == 1
 
     def passed(self) -> bool:
         return (
             self.failed == 0
             and self.prepopulate_failed == 0
             and self.p99_ms < P99_LIMIT * 1000
-            and self.scrape_max_s is not None
-            and self.scrape_max_s < SCRAPE_LIMIT
-            and self.up_min == 1
+            and self.ingested()
             and self.achieved >= ACHIEVED_MIN * self.offered
         )
 
@@ -403,8 +479,8 @@ class Step:
             reasons.append(f"failed pushes ({kinds or f'prepopulate {self.prepopulate_failed}'})")
         if self.p99_ms >= P99_LIMIT * 1000:
             reasons.append("p99 >= 250 ms")
-        if self.scrape_max_s is None or self.scrape_max_s >= SCRAPE_LIMIT or self.up_min != 1:
-            reasons.append("scrape >= 1 s or up 0")
+        if not self.ingested():
+            reasons.append("stored < 95 % of pushed" if self.stored_share is not None else "scrape >= 1 s or up 0")
         if self.achieved < ACHIEVED_MIN * self.offered:
             reasons.append("achieved < 95 % of offered")
         return "; ".join(reasons)
@@ -417,8 +493,10 @@ def percentile(values: List[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace) -> Step:
+def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace, series: int) -> Step:
+    remote_write = server.gateway is None
     base = StepCommand(
+        remote_write=remote_write,
         host="127.0.0.1",
         port=server.gateway_port,
         devices=n,
@@ -431,7 +509,7 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     prepopulated = generator.run(base, timeout=120)
     pids = {
         "gen": generator.pids(),
-        "gateway": [server.gateway.pid],
+        "gateway": [] if server.gateway is None else [server.gateway.pid],
         "prometheus": [server.prometheus.process.pid],
     }
     # A window of scrapes without pushes: the gateway's CPU per scrape of N groups, a figure that
@@ -444,9 +522,13 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     busy_before, total_before = machine_cpu()
     start = time.monotonic() + 0.5
     wall_start = time.time() + 0.5
+    appended_before = samples_appended(server) if remote_write else 0.0
     load = StepCommand(**{**base.__dict__, "prepopulate_only": False, "start": start})
     result = generator.run(load, timeout=args.duration + 60)
     wall_end = time.time()
+    stored = None
+    if remote_write:  # every answered push was appended before the answer: no wait needed
+        stored = (samples_appended(server) - appended_before) / max(1, len(result.latencies) * series)
     busy_after, total_after = machine_cpu()
     cpu_after = {k: sum(process_cpu(p) for p in v) for k, v in pids.items()}
     span = total_after - total_before
@@ -465,8 +547,11 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     attempts = len(result.latencies) + failed
     gateway_cpu = (cpu_after["gateway"] - cpu_before["gateway"]) - (scrape_cpu or 0) * load_scrapes
     return Step(
-        scrape_cpu_ms=None if scrape_cpu is None else 1000 * scrape_cpu,
-        push_cpu_us=1e6 * max(0.0, gateway_cpu) / attempts if attempts and scrape_cpu is not None else None,
+        stored_share=stored,
+        scrape_cpu_ms=None if scrape_cpu is None or remote_write else 1000 * scrape_cpu,
+        push_cpu_us=None
+        if remote_write or not attempts or scrape_cpu is None
+        else 1e6 * max(0.0, gateway_cpu) / attempts,
         devices=n,
         offered=n / args.interval,
         achieved=len(result.latencies) / args.duration,
@@ -475,8 +560,10 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
         p50_ms=1000 * percentile(result.latencies, 0.50),
         p99_ms=1000 * percentile(result.latencies, 0.99),
         lag_p99_ms=1000 * percentile(result.lags, 0.99),
-        scrape_max_s=prometheus_value(server, f"max(max_over_time(scrape_duration_seconds{over}))", wall_end),
-        up_min=prometheus_value(server, f"min(min_over_time(up{over}))", wall_end),
+        scrape_max_s=None
+        if remote_write
+        else prometheus_value(server, f"max(max_over_time(scrape_duration_seconds{over}))", wall_end),
+        up_min=None if remote_write else prometheus_value(server, f"min(min_over_time(up{over}))", wall_end),
         samples=prometheus_value(server, f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end),
         prepopulate_failed=sum(prepopulated.failures.values()),
         cpu=cpu,
@@ -521,8 +608,21 @@ def binary_version(binary: str) -> str:
     return (result.stdout or result.stderr).splitlines()[0].strip()
 
 
+def wire_bytes_per_sample(devices: List[Device], series: int, remote_write: bool) -> float:
+    """Request bytes (head and body, as sent) per sample, over up to 200 devices."""
+    sample = devices[:200]
+    command = StepCommand("127.0.0.1", 9090, len(sample), False, 0.0, 1.0, 1.0, 1.0, remote_write)
+    return sum(len(build_request(device, command)) for device in sample) / len(sample) / series
+
+
 def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device]) -> List[str]:
     sizes = sorted(len(d.body) for d in devices)
+    series = series_per_device(exposition)
+    wire = (
+        f"wire bytes per sample (request head + body): pushgateway {wire_bytes_per_sample(devices, series, False):.1f}"
+    )
+    if devices[0].write_request:
+        wire += f", remote write {wire_bytes_per_sample(devices, series, True):.1f} (snappy)"
     return [
         "# bench/ingest.py: devices one server ingests at a 1 s interval",
         f"host: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
@@ -532,6 +632,7 @@ def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device
         f"payload: files/push_monitor.py --print --top-n 10: {series_per_device(exposition)} series per device "
         f"(+2 the gateway adds: push_time_seconds, push_failure_time_seconds), body {sizes[len(sizes) // 2]} bytes, "
         f"{len(devices)} distinct serials",
+        wire,
         f"load: interval {args.interval:g} s, push timeout {args.timeout:g} s, {args.duration:g} s per step, "
         f"{args.workers} generator processes, ramp {','.join(map(str, args.ramp))}",
         f"pass: 0 failed pushes, p99 < {P99_LIMIT * 1000:.0f} ms, scrape_duration_seconds < {SCRAPE_LIMIT:g} s and "
@@ -547,8 +648,7 @@ def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device
 def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
     best = {label: max((st.devices for st in steps if st.passed()), default=0) for label, steps in results.items()}
     lines = ["", "# largest N with zero failed pushes, p99 < 250 ms and scrape < 1 s"]
-    for subject in SUBJECTS:
-        steps = results.get(subject, [])
+    for subject, steps in results.items():
         passing = [st for st in steps if st.passed()]
         top = max(passing, key=lambda st: st.devices) if passing else None
         detail = (
@@ -559,13 +659,20 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
         limited = "" if len(passing) < len(steps) else " (ramp ended without a failing step: a lower bound)"
         lines.append(f"{subject}: {best.get(subject, 0)} devices{detail}{limited}")
     stock, role = best.get("stock", 0), best.get("role", 0)
-    if stock:
-        ratio = role / stock
-        verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
-        lines.append(f"ratio role/stock = {ratio:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
-    else:  # no passing step to divide by: not a pass, whatever the numerator
-        lines.append(f"ratio role/stock = n/a (stock passed no step; target >= {TARGET_RATIO:g}x: MISS)")
-    lines.append(f"role devices = {role} (target >= {TARGET_DEVICES}: {'PASS' if role >= TARGET_DEVICES else 'MISS'})")
+    if "stock" in results and "role" in results:
+        if stock:
+            ratio = role / stock
+            verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+            lines.append(f"ratio role/stock = {ratio:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
+        else:  # no passing step to divide by: not a pass, whatever the numerator
+            lines.append(f"ratio role/stock = n/a (stock passed no step; target >= {TARGET_RATIO:g}x: MISS)")
+    if "role" in results:
+        verdict = "PASS" if role >= TARGET_DEVICES else "MISS"
+        lines.append(f"role devices = {role} (target >= {TARGET_DEVICES}: {verdict})")
+    if "remote_write" in results and role:
+        ratio = best["remote_write"] / role
+        verdict = "PASS" if ratio >= TARGET_REMOTE_WRITE_RATIO else "MISS"
+        lines.append(f"ratio remote_write/role = {ratio:.1f}x (target >= {TARGET_REMOTE_WRITE_RATIO:g}x: {verdict})")
     return lines
 
 
@@ -587,9 +694,9 @@ def ramp_subject(
             if time.monotonic() > deadline:
                 say(f"   (stopped: --max-minutes {args.max_minutes:g} reached)")
                 break
-            if server.gateway.poll() is not None:
+            if server.gateway is not None and server.gateway.poll() is not None:
                 raise BenchError(f"the {subject} pushgateway exited")
-            step = run_step(server, generator, n, args)
+            step = run_step(server, generator, n, args, args.series)
             steps.append(step)
             say(row(subject, step))
             if not step.passed():
@@ -604,7 +711,8 @@ def run(args: argparse.Namespace) -> None:
         if not os.access(binary, os.X_OK):
             raise BenchError(f"{binary} is missing (apt install prometheus prometheus-pushgateway)")
     exposition = agent_exposition()
-    devices = build_devices(max(args.ramp), exposition)
+    devices = build_devices(max(args.ramp), exposition, "remote_write" in args.subjects)
+    args.series = series_per_device(exposition)
     for line in header_lines(args, exposition, devices):
         say(line)
     deadline = time.monotonic() + 60 * args.max_minutes
@@ -614,7 +722,7 @@ def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             say("")
             say(HEADER)
-            for subject in SUBJECTS:
+            for subject in args.subjects:
                 workdir = Path(tmp) / subject
                 workdir.mkdir()
                 results[subject] = ramp_subject(subject, args, generator, workdir, deadline)

@@ -26,6 +26,13 @@ class Device:
     path: str
     body: bytes  # the agent's text exposition for this device
     phase: float
+    # The same samples as a remote-write WriteRequest, TIMESTAMP_PLACEHOLDER where each sample's
+    # timestamp goes (a varint of fixed length: every push gets the current time, compressed anew).
+    write_request: bytes = b""
+
+
+TIMESTAMP_PLACEHOLDER = bytes((0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F))  # a 6-byte varint, as ms timestamps are
+REMOTE_WRITE_PATH = "/api/v1/write"
 
 
 @dataclass
@@ -40,6 +47,7 @@ class StepCommand:
     duration: float
     interval: float
     timeout: float
+    remote_write: bool = False
 
 
 @dataclass
@@ -100,7 +108,31 @@ class HttpExchange(asyncio.Protocol):
         self.closed = True
 
 
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def build_request(device: Device, cmd: StepCommand) -> bytes:
+    if cmd.remote_write:
+        import snappy
+
+        stamped = device.write_request.replace(TIMESTAMP_PLACEHOLDER, varint(int(time.time() * 1000)))
+        body = snappy.compress(stamped)
+        head = [
+            f"POST {REMOTE_WRITE_PATH} HTTP/1.1",
+            f"Host: {cmd.host}:{cmd.port}",
+            "User-Agent: push_monitor.py/bench-ingest",
+            "Content-Type: application/x-protobuf",
+            "Content-Encoding: snappy",
+            "X-Prometheus-Remote-Write-Version: 0.1.0",
+            f"Content-Length: {len(body)}",
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
     lines = [
         f"PUT {device.path} HTTP/1.1",
         f"Host: {cmd.host}:{cmd.port}",
