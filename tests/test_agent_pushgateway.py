@@ -28,7 +28,14 @@ EXPECTED_METRICS = {
     "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "system_processes",
     "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_collection_duration_seconds",
     "push_monitor_push_failures_total",
+    # The root filesystem is always reported; disk IO where a physical disk is (docs/agent.md).
+    "disk_usage_percent", "disk_size_bytes", "disk_available_bytes",
 }  # fmt: skip
+if any(os.path.exists(os.path.join("/sys/block", name, "device")) for name in os.listdir("/sys/block")):
+    EXPECTED_METRICS |= {
+        "disk_read_bytes_total", "disk_written_bytes_total",
+        "disk_reads_completed_total", "disk_writes_completed_total",
+    }  # fmt: skip
 GATEWAY_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
 AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备"]
 
