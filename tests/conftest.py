@@ -11,10 +11,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import pytest
 
@@ -64,6 +66,19 @@ def http_get(
     context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return response.read()
+
+
+class LoopbackHTTPServer:
+    """A ThreadingHTTPServer on a free loopback port, serving from a daemon thread."""
+
+    def __init__(self, handler: Type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def processes_marked(marker: str) -> List[int]:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
+from conftest import ROOT, LoopbackHTTPServer, Pushgateway, agent_command, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -211,13 +211,11 @@ class RecordingGateway:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LoopbackHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture
