@@ -30,7 +30,7 @@ EXPECTED_METRICS = {
     "push_monitor_push_failures_total",
 }  # fmt: skip
 GATEWAY_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
-AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备"]
+AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备", ".", ".."]
 
 
 def metric_families(group: dict) -> dict:
@@ -67,6 +67,13 @@ def test_every_metric_arrives_for_two_devices_with_awkward_serials_under_one_job
         assert families["push_monitor_interval_seconds"]["metrics"][0]["value"] == "1"
         assert families["network_receive_bytes_total"]["type"] == "COUNTER"
     assert len(pushgateway.groups()) == len(AWKWARD_SERIALS)
+
+
+@pytest.mark.parametrize("job", [".", ".."])
+def test_a_job_that_is_a_path_step_pushes(pushgateway: Pushgateway, job: str) -> None:
+    result = run_agent("--once", "--pushgateway", pushgateway.url, "--job", job, "--device-serial", "s")
+    assert result.returncode == 0, result.stderr
+    assert pushgateway.group(job, "s") is not None
 
 
 def test_once_fails_with_exit_1_when_the_gateway_is_unreachable(tmp_path: Path) -> None:
