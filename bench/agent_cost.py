@@ -619,7 +619,7 @@ def report(subjects: List[Subject], window: Window, options: Options, header: Li
         "window (/proc/stat, non-idle over total; everything counts: the subjects, this script's load, other jobs); "
         f"load average {window.load_before[0]:.2f} before, {window.load_after[0]:.2f} after"
     )
-    if window.host_busy_share >= MAX_HOST_BUSY_SHARE:
+    if round(100 * window.host_busy_share) >= 100 * MAX_HOST_BUSY_SHARE:  # as printed
         lines.append(
             f"HOST TOO BUSY: {100 * window.host_busy_share:.0f}% >= {100 * MAX_HOST_BUSY_SHARE:.0f}%, "
             "so these figures do not count; run again on a quieter host"

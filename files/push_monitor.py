@@ -9,8 +9,17 @@ text and the HTTP transport are the standard library's.
 
 from __future__ import annotations
 
-# Only standard modules at the top: the signal handlers go in before psutil is loaded, and ssl is
-# loaded only for an https:// gateway (see load_psutil and PushgatewayClient._ssl_context).
+import signal
+
+# Run as a program, the first thing it does is take SIGTERM/SIGINT/SIGHUP: one arriving while the
+# modules load is recorded here and acted on by main() (a clean stop), never a kill or a traceback.
+EARLY_SIGNALS: list = []
+if __name__ == "__main__":
+    for _signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(_signum, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+
+# Only standard modules at the top: psutil is loaded after the signal handlers are in place, and
+# ssl only for an https:// gateway (see load_psutil and PushgatewayClient._ssl_context).
 import argparse
 import base64
 import hashlib
@@ -22,7 +31,6 @@ import os
 import random
 import re
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -110,9 +118,12 @@ class Signals:
         self.hangups = 0
         self._interruptible = False
 
-    def install(self) -> None:
+    def install(self, early: Sequence[int] = ()) -> None:
+        """Takes over the handlers; signals that arrived before (at import) count as if now."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._handle)
+        for signum in early:
+            self._handle(signum, None)
 
     def _handle(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -2025,7 +2036,7 @@ class Agent:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     signals = Signals()
-    signals.install()  # first: a signal during start-up is a clean stop, never a kill
+    signals.install(EARLY_SIGNALS)  # first: a signal during start-up is a clean stop, never a kill
     try:
         config = parse_config(argv)
         logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

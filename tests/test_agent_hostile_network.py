@@ -4,6 +4,7 @@ the gateway no more than one attempt per slot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -298,9 +299,17 @@ def caught_signals(pid: int) -> int:
     return 0
 
 
-def start_agent(url: str, *args: str) -> subprocess.Popen:
+@contextlib.contextmanager
+def running_agent(url: str, *args: str) -> Iterator[subprocess.Popen]:
+    """The agent as a subprocess with its stderr piped; killed at the end if it has not exited."""
     command = agent_command("--pushgateway", url, "--device-serial", "sig", "--top-n", "1", *args)
-    return subprocess.Popen(command, env=agent_env(), stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=agent_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.parametrize(
@@ -311,8 +320,7 @@ def start_agent(url: str, *args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("when", ["at-start", "while-running"])
 def test_repeated_signals_are_one_clean_exit(scripted, signals, when) -> None:
     server = scripted(keep_answering(answer("200 OK")))
-    process = start_agent(server.url, "--interval", "0.5", "--delete-on-exit")
-    try:
+    with running_agent(server.url, "--interval", "0.5", "--delete-on-exit") as process:
         term_bit = 1 << (signal.SIGTERM - 1)
         wait_until(lambda: caught_signals(process.pid) & term_bit, 15, interval=0.001, message="handlers")
         if when == "while-running":
@@ -321,18 +329,13 @@ def test_repeated_signals_are_one_clean_exit(scripted, signals, when) -> None:
             process.send_signal(signum)
         code = process.wait(15)
         stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert code == 0, stderr
     assert "Traceback" not in stderr
 
 
 def test_delete_on_exit_is_bounded_by_the_timeout_and_survives_a_second_signal(scripted) -> None:
     server = scripted(trickle)
-    process = start_agent(server.url, "--interval", "2", "--timeout", "0.8", "--delete-on-exit")
-    try:
+    with running_agent(server.url, "--interval", "2", "--timeout", "0.8", "--delete-on-exit") as process:
         wait_until(lambda: "PUT" in server.requests, 15, message="first push")
         process.send_signal(signal.SIGTERM)
         wait_until(lambda: "DELETE" in server.requests, 15, message="the DELETE")
@@ -340,10 +343,6 @@ def test_delete_on_exit_is_bounded_by_the_timeout_and_survives_a_second_signal(s
         process.send_signal(signal.SIGINT)
         code = process.wait(15)  # the trickled answer would take a minute
         stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert code == 0, stderr
     assert "could not delete the group" in stderr and "no complete answer within 0.8 s" in stderr
     assert "Traceback" not in stderr
@@ -351,11 +350,10 @@ def test_delete_on_exit_is_bounded_by_the_timeout_and_survives_a_second_signal(s
 
 def test_sighup_is_logged_and_ignored(scripted) -> None:
     server = scripted(keep_answering(answer("200 OK")))
-    process = start_agent(server.url, "--interval", "0.2")
     lines: List[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
-    reader.start()
-    try:
+    with running_agent(server.url, "--interval", "0.2") as process:
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        reader.start()
         wait_until(lambda: "PUT" in server.requests, 15, message="first push")
         process.send_signal(signal.SIGHUP)
         wait_until(lambda: any("SIGHUP ignored" in line for line in lines), 10, message="SIGHUP log line")
@@ -363,10 +361,6 @@ def test_sighup_is_logged_and_ignored(scripted) -> None:
         wait_until(lambda: len(server.requests) > pushed + 2, 10, message="pushes after SIGHUP")
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     reader.join(5)
     assert sum("SIGHUP ignored" in line for line in lines) == 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -526,3 +527,23 @@ runpy.run_path({str(AGENT)!r}, run_name="__main__")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert "handler at psutil import: True" in result.stdout, result.stdout[:300] + result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_agent_loads_its_modules_is_a_clean_stop(signum: int) -> None:
+    code = f"""
+import os, sys, runpy
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "uuid":  # one of the agent's own imports, long before main()
+            os.kill(os.getpid(), {int(signum)})
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["push_monitor.py", "--print", "--device-serial", "x"]
+runpy.run_path({str(AGENT)!r}, run_name="__main__")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert f"{signal.Signals(signum).name} received, stopping" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 import yaml
 
-from server_fixtures import FleetServer, fleet_server, grafana_rate_interval, load_dashboards
+from server_fixtures import FLEET_ALERTS, FleetServer, fleet_server, grafana_rate_interval, load_dashboards
 from testkit import ROOT
 from testkit.dashboard_queries import iter_targets, substitute
 from testkit.process import wait_until
@@ -291,15 +291,7 @@ def test_fleet_overview_has_one_row_per_device_with_its_health(stack: FleetServe
 def test_every_rule_loads(stack: FleetServer) -> None:
     groups = stack.prometheus.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == {
-        "DeviceSilent",
-        "PushgatewayDown",
-        "DeviceHighCpu",
-        "DeviceHighMemory",
-        "DeviceDiskFilling",
-        "DeviceDiskNearlyFull",
-        "DeviceTemperatureHigh",
-    }
+    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == FLEET_ALERTS
     wait_until(
         lambda: all(r["health"] == "ok" for g in stack.prometheus.api("rules")["groups"] for r in g["rules"]),
         15,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, Pushgateway, agent_env, run_agent, wait_until
+from conftest import ROOT, LoopbackHTTPServer, Pushgateway, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
 JANITOR = ROOT / "files" / "pushgateway_janitor.py"
@@ -105,13 +104,11 @@ class FakeGateway:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LoopbackHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture
