@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """What the push agent costs a device, side by side with two yardsticks, in one run.
 
-Four subjects run at the same time over the same window at the same interval (default 1 s):
+Five subjects run at the same time over the same window at the same interval (default 1 s):
 
   agent          files/push_monitor.py, pushing to its own real Pushgateway
   agent TLS      the same script, pushing to its own Pushgateway served over TLS with basic auth
                  (--web.config.file: a throwaway CA and server certificate, a bcrypt-hashed login)
+  agent RW       the same script with --remote-write, writing to its own Prometheus (receiver on;
+                 the cycles are its answered writes, prometheus_http_requests_total)
   naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway), idem
   node_exporter  Debian's prometheus-node-exporter with default collectors, scraped by this script
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import math
 import os
 import platform
@@ -43,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +57,7 @@ AGENT = ROOT / "files" / "push_monitor.py"
 NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
+PROMETHEUS_BIN = "/usr/bin/prometheus"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 JOB = "bench"
@@ -441,6 +446,8 @@ class Subject:
     # A pusher's own gateway: its port (to see the pusher's connections) and its process (its CPU per push).
     gateway_port: Optional[int] = None
     gateway_process: Optional[subprocess.Popen] = None
+    # Unix time of the pusher's last cycle as its server saw it (snapshots go mid-cycle).
+    last_push: Optional[Callable[[], Optional[float]]] = None
     cpu_start: float = 0.0
     cycles_start: int = 0
     cpu_used: float = 0.0
@@ -517,12 +524,37 @@ def last_push_time(gateway: Endpoint) -> Optional[float]:
     return None
 
 
-def mid_cycle(gateway: Endpoint, interval: float, not_before: float) -> float:
+def receiver_writes(receiver: Endpoint) -> int:
+    """Remote-write requests the Prometheus receiver answered with a 2xx (each pusher has its own)."""
+    total = 0
+    for line in receiver.get("/metrics").decode().splitlines():
+        write = line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/write"' in line
+        if write and 'code="2' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def receiver_query(receiver: Endpoint, expr: str) -> List[Dict]:
+    body = receiver.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    return json.loads(body)["data"]["result"]
+
+
+def receiver_last_push(receiver: Endpoint) -> Optional[float]:
+    result = receiver_query(receiver, "max(push_monitor_collection_timestamp_seconds)")
+    return float(result[0]["value"][1]) if result else None
+
+
+def receiver_series(receiver: Endpoint) -> int:
+    result = receiver_query(receiver, f'count({{job="{JOB}"}})')
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def mid_cycle(subject: Subject, interval: float, not_before: float) -> float:
     """The first monotonic time >= not_before half an interval after one of the pusher's pushes:
     snapshots there never split a collection from its push."""
-    pushed = last_push_time(gateway)
+    pushed = subject.last_push() if subject.last_push else None
     if pushed is None:
-        raise BenchError(f"no push recorded by {gateway.url}")
+        raise BenchError(f"no push recorded for {subject.label}")
     pushed_monotonic = pushed - time.time() + time.monotonic()
     anchor = pushed_monotonic + interval / 2
     return anchor + math.ceil(max(0.0, not_before - anchor) / interval) * interval
@@ -562,8 +594,8 @@ def run_window(
         events.append((start + index * interval, 1, scraper.scrape))
         events.append((start + index * interval, 2, lambda: load.sample(window.process_counts)))
     events.append((start + (options.cycles - 0.5) * interval, 3, node_exporter.snapshot_end))
-    for subject, gateway in pushers:
-        opens = mid_cycle(gateway, interval, start - interval / 2)
+    for subject, _ in pushers:
+        opens = mid_cycle(subject, interval, start - interval / 2)
         events.append((opens, 4, subject.snapshot_start))
         events.append((opens + options.cycles * interval, 5, subject.snapshot_end))
     events.sort(key=lambda event: (event[0], event[1]))
@@ -584,10 +616,10 @@ def warm_up(pushers: List[Tuple[Subject, Endpoint]], scraper: Scraper, options: 
     for _ in range(options.warmup):
         scraper.scrape()
         time.sleep(options.interval)
-    for subject, gateway in pushers:
+    for subject, _ in pushers:
         subject.check_alive()
         wait_until(
-            lambda gateway=gateway: gateway_pushes(gateway) >= options.warmup,
+            lambda subject=subject: subject.count_cycles() >= options.warmup,
             options.warmup * options.interval + 30,
             f"{options.warmup} pushes from {subject.label}",
         )
@@ -606,7 +638,7 @@ TLS_LABEL = "agent over TLS + basic auth (same script)"
 
 
 def report(subjects: List[Subject], window: Window, options: Options, header: List[str]) -> List[str]:
-    agent, agent_tls, naive, node_exporter = subjects
+    agent, agent_tls, agent_rw, naive, node_exporter = subjects
     lines = [*header]
     counts = window.process_counts
     lines.append(
@@ -648,7 +680,17 @@ def report(subjects: List[Subject], window: Window, options: Options, header: Li
         f"  agent peak RSS = {agent.peak_rss / 1e6:.1f} MB ({agent.peak_rss / 1048576:.1f} MiB)     target <= "
         f"{TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(agent.peak_rss <= TARGET_PEAK_RSS_BYTES)}"
     )
-    return lines + [""] + tls_cost(agent, agent_tls, node_exporter)
+    return lines + [""] + tls_cost(agent, agent_tls, node_exporter) + [""] + remote_write_cost(agent, agent_rw)
+
+
+def remote_write_cost(agent: Subject, agent_rw: Subject) -> List[str]:
+    """The same agent with --remote-write (protobuf + snappy, timestamps) against the Pushgateway text."""
+    ratio = agent_rw.cpu_ms_per_cycle / agent.cpu_ms_per_cycle
+    return [
+        "cost of remote write (same agent, same window)",
+        f"  agent RW CPU/cycle / agent CPU/cycle       = {ratio:.2f}   target <= 1     {verdict(ratio <= 1)}",
+        f"  agent RW peak RSS = {agent_rw.peak_rss / 1e6:.1f} MB (agent {agent.peak_rss / 1e6:.1f} MB)",
+    ]
 
 
 def tls_cost(agent: Subject, agent_tls: Subject, node_exporter: Subject) -> List[str]:
@@ -724,8 +766,43 @@ def start_pusher(pusher: Pusher, children: Children, options: Options, workdir: 
         logfile,
         gateway_port=gateway.port,
         gateway_process=gateway_process,
+        last_push=lambda: last_push_time(gateway),
     )
     return subject, gateway
+
+
+def start_remote_writer(children: Children, options: Options, workdir: Path) -> Tuple[Subject, Endpoint]:
+    """The agent with --remote-write and its own Prometheus receiver (no scrapes of its own)."""
+    directory = workdir / "bench-agent-rw"
+    directory.mkdir()
+    config = directory / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+    flags = [
+        f"--config.file={config}",
+        f"--storage.tsdb.path={directory / 'tsdb'}",
+        "--web.enable-remote-write-receiver",
+    ]
+    receiver = start_server(children, PROMETHEUS_BIN, flags, "/-/ready", directory / "prometheus.log")
+    receiver_process = children.processes[-1]
+    logfile = directory / "pusher.log"
+    command = [
+        options.python, str(AGENT), "--remote-write", receiver.url + "/api/v1/write", "--device-serial",
+        "bench-agent-rw", "--interval", f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n),
+        "--state-dir", str(directory / "state"),
+    ]  # fmt: skip
+    process = children.start(command, log=logfile.open("ab"), env=clean_env(workdir))
+    subject = Subject(
+        "agent remote write (same script)",
+        "agent-rw",
+        process,
+        lambda: receiver_writes(receiver),
+        lambda: receiver_series(receiver),
+        logfile,
+        gateway_port=receiver.port,
+        gateway_process=receiver_process,
+        last_push=lambda: receiver_last_push(receiver),
+    )
+    return subject, receiver
 
 
 def run(options: Options, children: Children, workdir: Path) -> List[str]:
@@ -746,9 +823,11 @@ def run(options: Options, children: Children, workdir: Path) -> List[str]:
         for pusher in (
             Pusher("agent (files/push_monitor.py)", "agent", AGENT, "bench-agent"),
             Pusher(TLS_LABEL, "agent-tls", AGENT, "bench-agent-tls", tls),
-            Pusher("naive (bench/naive_agent.py)", "naive", NAIVE_AGENT, "bench-naive"),
         )
     ]
+    pushers.append(start_remote_writer(children, options, workdir))
+    pushers.append(start_pusher(Pusher("naive (bench/naive_agent.py)", "naive", NAIVE_AGENT, "bench-naive"),
+                                children, options, workdir))  # fmt: skip
     node_exporter_endpoint = start_server(children, NODE_EXPORTER_BIN, [], "/metrics", workdir / "node_exporter.log")
     node_exporter_process = children.processes[-1]
     scraper = Scraper(node_exporter_endpoint)

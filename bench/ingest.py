@@ -564,7 +564,9 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
         if remote_write
         else prometheus_value(server, f"max(max_over_time(scrape_duration_seconds{over}))", wall_end),
         up_min=None if remote_write else prometheus_value(server, f"min(min_over_time(up{over}))", wall_end),
-        samples=prometheus_value(server, f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end),
+        samples=None
+        if remote_write
+        else prometheus_value(server, f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end),
         prepopulate_failed=sum(prepopulated.failures.values()),
         cpu=cpu,
         load=loadavg(),

@@ -1,4 +1,4 @@
-"""bench/ingest.py runs end to end in its quick mode: both subjects, every row, the ratio and the targets.
+"""bench/ingest.py runs end to end in its quick mode: every subject, every row, the ratios and the targets.
 
 No timing is asserted here (the ingest targets live in bench/ and docs/benchmarks.md); this proves the
 benchmark itself works against the real Pushgateway and Prometheus, and that it cleans up after itself.
@@ -31,7 +31,7 @@ ROW = (
 )
 
 
-def test_quick_run_reports_both_subjects_every_step_and_the_ratio() -> None:
+def test_quick_run_reports_every_subject_every_step_and_the_ratios() -> None:
     marker = f"INGEST_SMOKE={uuid.uuid4().hex}"
     name, value = marker.split("=")
     result = subprocess.run(
@@ -55,6 +55,11 @@ def test_quick_run_reports_both_subjects_every_step_and_the_ratio() -> None:
             assert step["samples"] != "n/a" and int(step["samples"]) >= 60 * int(step["n"]), out  # real scrapes
             assert step["up"] != "n/a", out
         assert re.search(rf"^{label}: \d+ devices", out, re.MULTILINE), out
+    remote_write = [r for r in rows if r["label"] == "remote_write"]
+    assert [int(r["n"]) for r in remote_write] == [5, 10][: len(remote_write)] and remote_write, out
+    assert len(remote_write) == 2 or remote_write[-1]["verdict"].startswith("FAIL"), out
+    assert re.search(r"^ratio remote_write/role = [\d.]+x \(target >= 3x: (PASS|MISS)\)$", out, re.MULTILINE), out
+    assert re.search(r"wire bytes per sample \(request head \+ body\): pushgateway [\d.]+, remote write [\d.]+", out)
     ratio = r"^ratio role/stock = (?:[\d.]+x \(|n/a \(stock passed no step; )target >= 20x: (PASS|MISS)\)$"
     assert re.search(ratio, out, re.MULTILINE), out
     assert re.search(r"^role devices = \d+ \(target >= 2000: (PASS|MISS)\)$", out, re.MULTILINE), out

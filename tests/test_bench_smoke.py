@@ -25,7 +25,7 @@ BENCH = ROOT / "bench" / "agent_cost.py"
 ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$"
 
 
-def test_quick_run_reports_four_subjects_three_targets_and_the_tls_cost() -> None:
+def test_quick_run_reports_five_subjects_the_targets_and_the_tls_and_remote_write_costs() -> None:
     marker = f"AGENT_COST_SMOKE={uuid.uuid4().hex}"
     name, value = marker.split("=")
     result = subprocess.run(
@@ -41,6 +41,7 @@ def test_quick_run_reports_four_subjects_three_targets_and_the_tls_cost() -> Non
     labels = (
         "agent (files/push_monitor.py)",
         "agent over TLS + basic auth (same script)",
+        "agent remote write (same script)",
         "naive (bench/naive_agent.py)",
         "node_exporter",
     )
@@ -59,6 +60,7 @@ def test_quick_run_reports_four_subjects_three_targets_and_the_tls_cost() -> Non
         r"agent TLS CPU/cycle / agent CPU/cycle += [\d.]+ ",
         r"agent TLS peak RSS / agent peak RSS += [\d.]+ ",
         r"agent TLS peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
+        r"agent RW CPU/cycle / agent CPU/cycle += [\d.]+ .*target <= 1 .*(PASS|MISS)",
     ]
     for pattern in ratio_lines:
         assert re.search(pattern, out), f"missing ratio line /{pattern}/:\n{out}"
