@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from push_monitor import varint  # bench/ingest.py puts files/ on the path
+
 HEADER_END = b"\r\n\r\n"
 
 
@@ -106,15 +108,6 @@ class HttpExchange(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def build_request(device: Device, cmd: StepCommand) -> bytes:

@@ -1515,7 +1515,8 @@ def load_snappy() -> Tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
     )
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """A protobuf base-128 varint of a non-negative integer."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -1526,7 +1527,7 @@ def _varint(value: int) -> bytes:
 
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (wire type 2)."""
-    return bytes((tag << 3 | 2,)) + _varint(len(payload)) + payload
+    return bytes((tag << 3 | 2,)) + varint(len(payload)) + payload
 
 
 class WriteRequestEncoder:
@@ -1543,7 +1544,7 @@ class WriteRequestEncoder:
 
     def encode(self, families: Iterable[Family], timestamp_ms: int) -> Tuple[bytes, int]:
         """(serialized WriteRequest, number of samples)."""
-        timestamp = b"\x10" + _varint(timestamp_ms)
+        timestamp = b"\x10" + varint(timestamp_ms)
         parts: List[bytes] = []
         for family in families:
             for extra, value in family.samples:

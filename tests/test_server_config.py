@@ -91,7 +91,9 @@ def test_promtool_unit_tests_catch_a_changed_rule(tmp_path: Path) -> None:
     rules_dir = tmp_path / "server" / "compose" / "prometheus" / "rules"
     rules_dir.mkdir(parents=True)
     for path in (ROOT / "server" / "compose" / "prometheus" / "rules").glob("*.yml"):
-        text = path.read_text().replace("3 * max by (job, device_serial)", "30 * max by (job, device_serial)")
+        text = path.read_text().replace(
+            "3 * job_device_serial:interval:seconds", "30 * job_device_serial:interval:seconds"
+        )
         (rules_dir / path.name).write_text(text)
     tests_dir = tmp_path / "tests"
     tests_dir.mkdir()
@@ -147,11 +149,19 @@ def test_role_variables_reach_the_rendered_files(tmp_path: Path) -> None:
         rule["alert"]: rule
         for group in yaml.safe_load((dest / "prometheus" / "rules" / "fleet-alerts.yml").read_text())["groups"]
         for rule in group["rules"]
+        if "alert" in rule
     }
     assert alerts["DeviceHighCpu"]["expr"].endswith("> 75")
     assert alerts["DeviceHighMemory"]["expr"].endswith("> 85")
+    recorded = {
+        rule["record"]: rule
+        for group in yaml.safe_load((dest / "prometheus" / "rules" / "fleet-alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    assert alerts["DeviceSilent"]["expr"] == "job_device_serial:silent_push_age:seconds"
     assert re.search(
-        r"\b4 \* max by \(job, device_serial\) \(push_monitor_interval_seconds\)", alerts["DeviceSilent"]["expr"]
+        r"\b4 \* job_device_serial:interval:seconds", recorded["job_device_serial:silent_push_age:seconds"]["expr"]
     )
     prometheus_flags = read_flags(dest / "flags" / "prometheus.env")
     assert "--storage.tsdb.retention.time=30d" in prometheus_flags
