@@ -5,12 +5,11 @@ side by side in one run, each scraped every second by a real Prometheus.
 Subjects run one after the other (never sharing the CPU), each on its own free loopback port:
 
   stock  Debian's /usr/bin/prometheus-pushgateway with its stock flags (only its own persistence file)
-  role   the Pushgateway with the flags roles/pushgateway renders (tests/server_fixtures.py renders them
+  role   the Pushgateway with the flags roles/pushgateway renders (testkit/server.py renders them
          through playbooks/render-server-config.yml with the roles' defaults)
 
 Both are scraped by /usr/bin/prometheus with the configuration roles/prometheus renders (the pushgateway
-job: honor_labels, 1 s interval and timeout; the rules; the role's Prometheus flags). More subjects
-(variants of one of the two) come from --subject, so every comparison is one reproducible command.
+job: honor_labels, 1 s interval and timeout; the rules; the role's Prometheus flags).
 
 The load: N simulated devices, each pushing the agent's real exposition (files/push_monitor.py --print
 --top-n 10, with each device's own serial and host name) with PUT to its own group, once a second on a
@@ -26,13 +25,11 @@ Exit 1 if the benchmark cannot run, 2 on bad input.
 
     .venv/bin/python bench/ingest.py                          # stock and role, the default ramp
     .venv/bin/python bench/ingest.py --quick                  # smoke run: tiny N, a few seconds a step
-    .venv/bin/python bench/ingest.py --subject 'role-gzip=role,gzip=1' --ramp 1000,2000,3000
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import multiprocessing
 import os
 import platform
@@ -44,26 +41,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # server_fixtures: the roles' templates rendered, a real Prometheus
+sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a real Prometheus
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's own path and label encoding
-sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest_bodies import BODY_FORMATS, encode  # noqa: E402
 from ingest_load import Device, StepCommand, StepResult, worker_main  # noqa: E402
 
-from conftest import free_port, stop_process, wait_until  # noqa: E402
 from push_monitor import DEFAULT_JOB, grouping_path, label_safe  # noqa: E402
-from server_fixtures import Prometheus, read_flags, render_server_config  # noqa: E402
+from testkit.process import free_port, stop_process, wait_until  # noqa: E402
+from testkit.server import Prometheus, read_flags, render_server_config  # noqa: E402
 
 AGENT = ROOT / "files" / "push_monitor.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -80,95 +71,14 @@ SCRAPE_LIMIT = 1.0
 ACHIEVED_MIN = 0.95
 TARGET_DEVICES = 2000
 TARGET_RATIO = 20.0
-SUBJECT_KEYS = {"gzip", "keepalive", "gogc", "gomaxprocs", "add", "drop", "var", "from", "prom_gogc", "shards", "body"}
+SUBJECTS = {
+    "stock": "Debian's Pushgateway, stock flags",
+    "role": "the flags roles/pushgateway renders",
+}
 
 
 class BenchError(Exception):
     """The benchmark cannot run (a binary missing, a server died): one line, exit 1."""
-
-
-@dataclass
-class Subject:
-    """One server configuration under test, from --subject LABEL=BASE[,KEY=VALUE...]."""
-
-    label: str
-    base: str  # stock | role
-    gzip: bool = False
-    keepalive: bool = True
-    gateway_env: Dict[str, str] = field(default_factory=dict)
-    prometheus_env: Dict[str, str] = field(default_factory=dict)
-    add_flags: List[str] = field(default_factory=list)
-    drop_flags: List[str] = field(default_factory=list)
-    role_vars: Dict[str, object] = field(default_factory=dict)
-    start_at: int = 0
-    shards: int = 1
-    body_format: str = "text"
-
-    def describe(self) -> str:
-        parts = [self.base]
-        if self.body_format != "text":
-            parts.append(f"{self.body_format} bodies")
-        if self.gzip:
-            parts.append("gzip bodies")
-        if not self.keepalive:
-            parts.append("new connection per push")
-        parts += [f"gateway {k}={v}" for k, v in self.gateway_env.items()]
-        parts += [f"prometheus {k}={v}" for k, v in self.prometheus_env.items()]
-        parts += [f"+{flag}" for flag in self.add_flags] + [f"-{flag}" for flag in self.drop_flags]
-        parts += [f"{k}={v}" for k, v in self.role_vars.items()]
-        if self.shards > 1:
-            parts.append(f"{self.shards} gateway shards (devices by a stable hash of the host name)")
-        if self.start_at:
-            parts.append(f"ramp from {self.start_at}")
-        return ", ".join(parts)
-
-
-def parse_bool(raw: str, spec: str) -> bool:
-    if raw not in ("0", "1"):
-        raise argparse.ArgumentTypeError(f"subject {spec!r}: expected 0 or 1, got {raw!r}")
-    return raw == "1"
-
-
-def parse_subject(spec: str) -> Subject:
-    label, sep, rest = spec.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label):
-        raise argparse.ArgumentTypeError(f"subject {spec!r}: expected LABEL=BASE[,KEY=VALUE...]")
-    base, *pairs = rest.split(",")
-    if base not in ("stock", "role"):
-        raise argparse.ArgumentTypeError(f"subject {spec!r}: base must be stock or role, not {base!r}")
-    subject = Subject(label=label, base=base)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or key not in SUBJECT_KEYS:
-            raise argparse.ArgumentTypeError(
-                f"subject {spec!r}: {pair!r} is not KEY=VALUE with KEY in {', '.join(sorted(SUBJECT_KEYS))}"
-            )
-        apply_subject_key(subject, key, value, spec)
-    return subject
-
-
-def apply_subject_key(subject: Subject, key: str, value: str, spec: str) -> None:
-    if key in ("gzip", "keepalive"):
-        setattr(subject, key, parse_bool(value, spec))
-    elif key in ("gogc", "gomaxprocs"):
-        subject.gateway_env[key.upper()] = value
-    elif key == "prom_gogc":
-        subject.prometheus_env["GOGC"] = value
-    elif key in ("add", "drop"):
-        getattr(subject, f"{key}_flags").append(value)
-    elif key in ("from", "shards"):
-        if not value.isdigit() or (key == "shards" and int(value) < 1):
-            raise argparse.ArgumentTypeError(f"subject {spec!r}: {key}= takes a positive count")
-        setattr(subject, "start_at" if key == "from" else "shards", int(value))
-    elif key == "body":
-        if value not in BODY_FORMATS:
-            raise argparse.ArgumentTypeError(f"subject {spec!r}: body= is one of {', '.join(BODY_FORMATS)}")
-        subject.body_format = value
-    else:  # var=NAME=VALUE: a role variable for the rendering, its value read as YAML
-        name, sep, raw = value.partition("=")
-        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise argparse.ArgumentTypeError(f"subject {spec!r}: var= takes NAME=VALUE")
-        subject.role_vars[name] = yaml.safe_load(raw)
 
 
 def parse_ramp(raw: str) -> List[int]:
@@ -198,14 +108,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/ingest.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="--subject LABEL=BASE[,KEY=VALUE...]: BASE is stock or role; KEY is gzip=0|1 (gzip request "
-        "bodies), keepalive=0|1 (0: a new connection per push), gogc=N / gomaxprocs=N (gateway environment), "
-        "prom_gogc=N, add=--flag[=value] / drop=--flag (gateway flags), var=NAME=VALUE (a role variable for "
-        "the rendering, e.g. var=prometheus_pushgateway_scrape_interval=2s), from=N (skip smaller steps), "
-        "shards=K (K gateways on this host, each device on one by a stable hash of its host name), "
-        "body=text|nohelp|protobuf (the push body's encoding, bench/ingest_bodies.py). "
-        "Default: --subject stock=stock --subject role=role. The first subject is the ratios' denominator.",
     )
     parser.add_argument("--quick", action="store_true", help=f"smoke run: ramp {QUICK_RAMP}, 3 s steps")
     parser.add_argument("--ramp", type=parse_ramp, help=f"device counts, increasing [default {DEFAULT_RAMP}]")
@@ -215,7 +117,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         "--timeout", type=positive(float), help="push timeout [default the agent's: min(0.8 x interval, 10)]"
     )
     parser.add_argument("--workers", type=positive(int), default=2, help="load generator processes [default 2]")
-    parser.add_argument("--subject", type=parse_subject, action="append", dest="subjects", metavar="SPEC")
     parser.add_argument(
         "--max-minutes", type=positive(float), default=20.0, help="stop ramping after this long [default 20]"
     )
@@ -223,10 +124,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.ramp = args.ramp or parse_ramp(QUICK_RAMP if args.quick else DEFAULT_RAMP)
     args.duration = args.duration or (3.0 if args.quick else 15.0)
     args.timeout = args.timeout or min(0.8 * args.interval, 10.0)
-    args.subjects = args.subjects or [Subject("stock", "stock"), Subject("role", "role")]
-    labels = [s.label for s in args.subjects]
-    if len(set(labels)) != len(labels):
-        parser.error(f"subject labels must be unique: {labels}")
     return args
 
 
@@ -247,7 +144,7 @@ def agent_exposition() -> str:
     )
     if result.returncode != 0 or PLACEHOLDER_SERIAL not in result.stdout:
         raise BenchError(f"the agent's --print failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    # The containers other engineers run here come and go with their veth interfaces: a device has none,
+    # The containers other jobs run here come and go with their veth interfaces: a device has none,
     # and keeping them would make the payload (and every figure) depend on the moment of the run.
     return "".join(line for line in result.stdout.splitlines(keepends=True) if not HOST_PLUMBING.search(line))
 
@@ -270,7 +167,7 @@ def realistic_serial(rng: random.Random, index: int) -> str:
     return "5CG" + "".join(rng.choices(upper, k=7))  # HP
 
 
-def build_devices(count: int, exposition: str, formats: Sequence[str]) -> List[Device]:
+def build_devices(count: int, exposition: str) -> List[Device]:
     rng = random.Random(20261125)
     hostname = re.search(r'hostname="([^"]*)"', exposition)
     if hostname is None:
@@ -285,10 +182,7 @@ def build_devices(count: int, exposition: str, formats: Sequence[str]) -> List[D
         host = f"{rng.choice(['pos', 'kiosk', 'edge', 'lab'])}-{rng.randint(1, 400):03d}-{index:05d}"
         text = exposition.replace(f'hostname="{hostname.group(1)}"', f'hostname="{host}"')
         text = text.replace(PLACEHOLDER_SERIAL, label_safe(serial))
-        bodies = {fmt: encode(text, fmt) for fmt in formats}
-        gzipped = {fmt: gzip.compress(body, 6) for fmt, body in bodies.items()}
-        path = grouping_path(DEFAULT_JOB, serial)
-        devices.append(Device(path, bodies, gzipped, rng.random(), zlib.crc32(host.encode())))
+        devices.append(Device(grouping_path(DEFAULT_JOB, serial), text.encode(), rng.random()))
     return devices
 
 
@@ -329,31 +223,28 @@ def loadavg() -> str:
 
 @dataclass
 class Server:
-    gateways: List[subprocess.Popen]
-    gateway_ports: List[int]
+    gateway: subprocess.Popen
+    gateway_port: int
     prometheus: Prometheus
     gateway_flags: List[str]
     prometheus_flags: List[str]
 
 
-def gateway_flags(subject: Subject, rendered: Path, port: int, workdir: Path) -> List[str]:
+def gateway_flags(subject: str, rendered: Path, port: int, workdir: Path) -> List[str]:
     """The subject's flags; the listen address and persistence file are always this run's own (Debian's
     default persistence file is shared by every gateway on the machine)."""
-    own = [f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={workdir / f'pushgateway-{port}.data'}"]
+    own = [f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={workdir / 'pushgateway.data'}"]
     owned = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
-    flags = [] if subject.base == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
-    flags = own + [f for f in flags if f.split("=", 1)[0] not in owned]
-    flags = [f for f in flags if f.split("=", 1)[0] not in subject.drop_flags]
-    return flags + subject.add_flags
+    flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
+    return own + [f for f in flags if f.split("=", 1)[0] not in owned]
 
 
-def render(subject: Subject, workdir: Path, gateway_ports: List[int], prometheus_port: int) -> Path:
+def render(workdir: Path, gateway_port: int, prometheus_port: int) -> Path:
     dest = workdir / "rendered"
     extra = {
         "prometheus_rules_dir": str(dest / "prometheus" / "rules"),
-        "prometheus_pushgateway_targets": [f"127.0.0.1:{port}" for port in gateway_ports],
+        "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway_port}"],
         "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
-        **subject.role_vars,
     }
     try:
         return render_server_config(dest, extra)
@@ -361,10 +252,9 @@ def render(subject: Subject, workdir: Path, gateway_ports: List[int], prometheus
         raise BenchError(str(err)) from None
 
 
-def start_gateway(subject: Subject, flags: List[str], port: int, workdir: Path) -> subprocess.Popen:
-    log = workdir / f"pushgateway-{port}.log"
-    env = {**os.environ, **subject.gateway_env}
-    process = subprocess.Popen([PUSHGATEWAY_BIN, *flags], stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=env)
+def start_gateway(flags: List[str], port: int, workdir: Path) -> subprocess.Popen:
+    log = workdir / "pushgateway.log"
+    process = subprocess.Popen([PUSHGATEWAY_BIN, *flags], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -379,49 +269,35 @@ def start_gateway(subject: Subject, flags: List[str], port: int, workdir: Path) 
     return process
 
 
-def start_prometheus(subject: Subject, workdir: Path, rendered: Path, port: int) -> Prometheus:
+def start_prometheus(workdir: Path, rendered: Path, port: int) -> Prometheus:
     prometheus = Prometheus(
-        workdir, rendered / "prometheus" / "prometheus.yml", read_flags(rendered / "flags" / "prometheus.env")
+        workdir, rendered / "prometheus" / "prometheus.yml", read_flags(rendered / "flags" / "prometheus.env"), port
     )
-    prometheus.port = port
-    prometheus.url = f"http://127.0.0.1:{port}"
     # Plain HTTP on loopback: the web config (TLS, logins) the roles install is not rendered here.
-    dropped = ("--web.listen-address=", "--web.config.file=")
-    prometheus.args = [a for a in prometheus.args if not a.startswith(dropped)]
-    prometheus.args.append(f"--web.listen-address=127.0.0.1:{port}")
-    old_env = dict(os.environ)
-    os.environ.update(subject.prometheus_env)  # Prometheus.start passes its environment on
+    prometheus.args = [a for a in prometheus.args if not a.startswith("--web.config.file=")]
     try:
         prometheus.start()
     except AssertionError as err:
         raise BenchError(str(err)) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(old_env)
     return prometheus
 
 
-def start_server(subject: Subject, workdir: Path) -> Server:
-    gateway_ports = [free_port() for _ in range(subject.shards)]
-    prometheus_port = free_port()
-    rendered = render(subject, workdir, gateway_ports, prometheus_port)
-    gateways: List[subprocess.Popen] = []
+def start_server(subject: str, workdir: Path) -> Server:
+    gateway_port, prometheus_port = free_port(), free_port()
+    rendered = render(workdir, gateway_port, prometheus_port)
+    flags = gateway_flags(subject, rendered, gateway_port, workdir)
+    gateway = start_gateway(flags, gateway_port, workdir)
     try:
-        for port in gateway_ports:
-            flags = gateway_flags(subject, rendered, port, workdir)
-            gateways.append(start_gateway(subject, flags, port, workdir))
-        prometheus = start_prometheus(subject, workdir, rendered, prometheus_port)
+        prometheus = start_prometheus(workdir, rendered, prometheus_port)
     except BaseException:
-        for gateway in gateways:
-            stop_process(gateway)
+        stop_process(gateway)
         raise
-    return Server(gateways, gateway_ports, prometheus, flags, prometheus.args)
+    return Server(gateway, gateway_port, prometheus, flags, prometheus.args)
 
 
 def stop_server(server: Server) -> None:
     server.prometheus.stop()
-    for gateway in server.gateways:
-        stop_process(gateway)
+    stop_process(server.gateway)
 
 
 def prometheus_value(server: Server, expr: str, at: float) -> Optional[float]:
@@ -506,7 +382,7 @@ class Step:
     prepopulate_failed: int
     cpu: Dict[str, float]  # percent of the whole machine (all cores)
     load: str
-    scrape_cpu_ms: Optional[float]  # gateway CPU per scrape (per shard), from a window without pushes
+    scrape_cpu_ms: Optional[float]  # gateway CPU per scrape, from a window without pushes
     push_cpu_us: Optional[float]  # gateway CPU per push: the load window's CPU minus its scrapes'
 
     def passed(self) -> bool:
@@ -541,24 +417,21 @@ def percentile(values: List[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace, subject: Subject) -> Step:
+def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace) -> Step:
     base = StepCommand(
         host="127.0.0.1",
-        ports=server.gateway_ports,
+        port=server.gateway_port,
         devices=n,
         prepopulate_only=True,
         start=0.0,
         duration=args.duration,
         interval=args.interval,
         timeout=args.timeout,
-        gzip=subject.gzip,
-        keepalive=subject.keepalive,
-        body_format=subject.body_format,
     )
     prepopulated = generator.run(base, timeout=120)
     pids = {
         "gen": generator.pids(),
-        "gateway": [g.pid for g in server.gateways],
+        "gateway": [server.gateway.pid],
         "prometheus": [server.prometheus.process.pid],
     }
     # A window of scrapes without pushes: the gateway's CPU per scrape of N groups, a figure that
@@ -649,8 +522,7 @@ def binary_version(binary: str) -> str:
 
 
 def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device]) -> List[str]:
-    sizes = sorted(len(d.bodies["text"]) for d in devices)
-    gz = sorted(len(d.gzipped["text"]) for d in devices)
+    sizes = sorted(len(d.body) for d in devices)
     return [
         "# bench/ingest.py: devices one server ingests at a 1 s interval",
         f"host: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
@@ -658,26 +530,25 @@ def header_lines(args: argparse.Namespace, exposition: str, devices: List[Device
         f"prometheus: {binary_version(PROMETHEUS_BIN)}",
         f"load average at start: {loadavg()}",
         f"payload: files/push_monitor.py --print --top-n 10: {series_per_device(exposition)} series per device "
-        f"(+2 the gateway adds: push_time_seconds, push_failure_time_seconds), body {sizes[len(sizes) // 2]} bytes "
-        f"({gz[len(gz) // 2]} gzipped), {len(devices)} distinct serials",
+        f"(+2 the gateway adds: push_time_seconds, push_failure_time_seconds), body {sizes[len(sizes) // 2]} bytes, "
+        f"{len(devices)} distinct serials",
         f"load: interval {args.interval:g} s, push timeout {args.timeout:g} s, {args.duration:g} s per step, "
         f"{args.workers} generator processes, ramp {','.join(map(str, args.ramp))}",
         f"pass: 0 failed pushes, p99 < {P99_LIMIT * 1000:.0f} ms, scrape_duration_seconds < {SCRAPE_LIMIT:g} s and "
         f"up == 1 all step, achieved >= {ACHIEVED_MIN:.0%} of offered",
         "CPU columns: percent of the whole machine (all cores) over the step's load window, from /proc;"
         " other% = everything else on this shared machine; lag99 = how late the generator itself started pushes",
-        f"scrapeCPU ms: gateway CPU per scrape of the N groups (per shard), from {QUIET_SECONDS:g} s of scrapes "
+        f"scrapeCPU ms: gateway CPU per scrape of the N groups, from {QUIET_SECONDS:g} s of scrapes "
         "without pushes; pushCPU us: gateway CPU per push (load window minus its scrapes); both hardly depend "
         "on contention",
     ]
 
 
-def summary_lines(results: Dict[str, List[Step]], subjects: List[Subject]) -> List[str]:
-    best = {s.label: max((st.devices for st in results.get(s.label, []) if st.passed()), default=0) for s in subjects}
+def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
+    best = {label: max((st.devices for st in steps if st.passed()), default=0) for label, steps in results.items()}
     lines = ["", "# largest N with zero failed pushes, p99 < 250 ms and scrape < 1 s"]
-    first = subjects[0].label
-    for subject in subjects:
-        steps = results.get(subject.label, [])
+    for subject in SUBJECTS:
+        steps = results.get(subject, [])
         passing = [st for st in steps if st.passed()]
         top = max(passing, key=lambda st: st.devices) if passing else None
         detail = (
@@ -686,21 +557,15 @@ def summary_lines(results: Dict[str, List[Step]], subjects: List[Subject]) -> Li
             else ""
         )
         limited = "" if len(passing) < len(steps) else " (ramp ended without a failing step: a lower bound)"
-        lines.append(f"{subject.label}: {best[subject.label]} devices{detail}{limited}")
-    for subject in subjects[1:]:
-        denominator = best[first]
-        if denominator:
-            ratio = best[subject.label] / denominator
-            verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
-            lines.append(f"ratio {subject.label}/{first} = {ratio:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
-        else:  # no passing step to divide by: not a pass, whatever the numerator
-            lines.append(
-                f"ratio {subject.label}/{first} = n/a ({first} passed no step; target >= {TARGET_RATIO:g}x: MISS)"
-            )
-        lines.append(
-            f"{subject.label} devices = {best[subject.label]} (target >= {TARGET_DEVICES}: "
-            f"{'PASS' if best[subject.label] >= TARGET_DEVICES else 'MISS'})"
-        )
+        lines.append(f"{subject}: {best.get(subject, 0)} devices{detail}{limited}")
+    stock, role = best.get("stock", 0), best.get("role", 0)
+    if stock:
+        ratio = role / stock
+        verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
+        lines.append(f"ratio role/stock = {ratio:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
+    else:  # no passing step to divide by: not a pass, whatever the numerator
+        lines.append(f"ratio role/stock = n/a (stock passed no step; target >= {TARGET_RATIO:g}x: MISS)")
+    lines.append(f"role devices = {role} (target >= {TARGET_DEVICES}: {'PASS' if role >= TARGET_DEVICES else 'MISS'})")
     return lines
 
 
@@ -710,23 +575,23 @@ def summary_lines(results: Dict[str, List[Step]], subjects: List[Subject]) -> Li
 
 
 def ramp_subject(
-    subject: Subject, args: argparse.Namespace, generator: Generator, workdir: Path, deadline: float
+    subject: str, args: argparse.Namespace, generator: Generator, workdir: Path, deadline: float
 ) -> List[Step]:
     server = start_server(subject, workdir)
     steps: List[Step] = []
     try:
-        say(f"## {subject.label}: {subject.describe()}")
+        say(f"## {subject}: {SUBJECTS[subject]}")
         say(f"   gateway flags: {' '.join(server.gateway_flags)}")
         say(f"   prometheus flags: {' '.join(server.prometheus_flags)}")
-        for n in (n for n in args.ramp if n >= subject.start_at):
+        for n in args.ramp:
             if time.monotonic() > deadline:
                 say(f"   (stopped: --max-minutes {args.max_minutes:g} reached)")
                 break
-            if any(g.poll() is not None for g in server.gateways):
-                raise BenchError(f"a {subject.label} pushgateway exited")
-            step = run_step(server, generator, n, args, subject)
+            if server.gateway.poll() is not None:
+                raise BenchError(f"the {subject} pushgateway exited")
+            step = run_step(server, generator, n, args)
             steps.append(step)
-            say(row(subject.label, step))
+            say(row(subject, step))
             if not step.passed():
                 break
     finally:
@@ -739,7 +604,7 @@ def run(args: argparse.Namespace) -> None:
         if not os.access(binary, os.X_OK):
             raise BenchError(f"{binary} is missing (apt install prometheus prometheus-pushgateway)")
     exposition = agent_exposition()
-    devices = build_devices(max(args.ramp), exposition, sorted({s.body_format for s in args.subjects} | {"text"}))
+    devices = build_devices(max(args.ramp), exposition)
     for line in header_lines(args, exposition, devices):
         say(line)
     deadline = time.monotonic() + 60 * args.max_minutes
@@ -749,13 +614,13 @@ def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             say("")
             say(HEADER)
-            for subject in args.subjects:
-                workdir = Path(tmp) / subject.label
+            for subject in SUBJECTS:
+                workdir = Path(tmp) / subject
                 workdir.mkdir()
-                results[subject.label] = ramp_subject(subject, args, generator, workdir, deadline)
+                results[subject] = ramp_subject(subject, args, generator, workdir, deadline)
     finally:
         generator.stop()
-    for line in summary_lines(results, args.subjects):
+    for line in summary_lines(results):
         say(line)
     say(f"load average at end: {loadavg()}")
 

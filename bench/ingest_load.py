@@ -1,10 +1,10 @@
 """The load generator's worker side for bench/ingest.py: simulated devices pushing over asyncio.
 
 Each worker process owns the devices whose index is congruent to its number modulo the worker count,
-keeps one kept-alive HTTP/1.1 connection per device (as the agent does) or opens one per push, and
-pushes each device's body on a fixed 1 s grid with a per-device phase, the agent's way: a slot missed
-by a slow push is skipped, not bursted. A push fails on a non-2xx answer, a lost connection or no
-answer within the agent's timeout. Latency runs from writing the request to the last response byte;
+keeps one kept-alive HTTP/1.1 connection per device (as the agent does), and pushes each device's
+body on a fixed 1 s grid with a per-device phase, the agent's way: a slot missed by a slow push is
+skipped, not bursted. A push fails on a non-2xx answer, a lost connection or no answer within the
+agent's timeout. Latency runs from writing the request to the last response byte;
 lag is how late the generator itself started a push (its own overload, reported separately).
 """
 
@@ -16,9 +16,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
-
-from ingest_bodies import content_type
+from typing import Dict, List, Optional
 
 HEADER_END = b"\r\n\r\n"
 
@@ -26,10 +24,8 @@ HEADER_END = b"\r\n\r\n"
 @dataclass
 class Device:
     path: str
-    bodies: Dict[str, bytes]  # by body format (bench/ingest_bodies.py)
-    gzipped: Dict[str, bytes]
+    body: bytes  # the agent's text exposition for this device
     phase: float
-    shard_key: int  # stable hash of the host name: the device's gateway is ports[shard_key % len(ports)]
 
 
 @dataclass
@@ -37,16 +33,13 @@ class StepCommand:
     """What one worker does for one step; sent over a pipe, so plain data only."""
 
     host: str
-    ports: List[int]  # one per gateway shard
+    port: int
     devices: int  # devices 0..devices-1 exist in this step
     prepopulate_only: bool
     start: float  # time.monotonic() (system-wide on Linux) at which the load starts
     duration: float
     interval: float
     timeout: float
-    gzip: bool
-    keepalive: bool
-    body_format: str
 
 
 @dataclass
@@ -107,20 +100,15 @@ class HttpExchange(asyncio.Protocol):
         self.closed = True
 
 
-def build_request(device: Device, host: str, port: int, cmd: StepCommand) -> bytes:
-    body = (device.gzipped if cmd.gzip else device.bodies)[cmd.body_format]
+def build_request(device: Device, cmd: StepCommand) -> bytes:
     lines = [
         f"PUT {device.path} HTTP/1.1",
-        f"Host: {host}:{port}",
+        f"Host: {cmd.host}:{cmd.port}",
         "User-Agent: push_monitor.py/bench-ingest",
-        f"Content-Type: {content_type(cmd.body_format)}",
-        f"Content-Length: {len(body)}",
+        "Content-Type: text/plain; version=0.0.4; charset=utf-8",
+        f"Content-Length: {len(device.body)}",
     ]
-    if cmd.gzip:
-        lines.append("Content-Encoding: gzip")
-    if not cmd.keepalive:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + device.body
 
 
 class Worker:
@@ -132,39 +120,32 @@ class Worker:
         self.devices = devices
         self.connections: Dict[int, HttpExchange] = {}
         self.populated: set = set()
-        self.target: Optional[Tuple[str, Tuple[int, ...]]] = None
+        self.target: Optional[tuple] = None
 
     def mine(self, upto: int) -> List[int]:
         return list(range(self.number, upto, self.count))
 
-    def reset_for(self, host: str, ports: Tuple[int, ...]) -> None:
-        """New gateways: every connection and every 'already pushed' mark belongs to the old ones."""
-        if self.target != (host, ports):
+    def reset_for(self, host: str, port: int) -> None:
+        """A new gateway: every connection and every 'already pushed' mark belongs to the old one."""
+        if self.target != (host, port):
             for connection in self.connections.values():
                 connection.close()
             self.connections.clear()
             self.populated.clear()
-            self.target = (host, ports)
-
-    @staticmethod
-    def port_of(device: Device, cmd: StepCommand) -> int:
-        return cmd.ports[device.shard_key % len(cmd.ports)]
+            self.target = (host, port)
 
     async def connection(self, index: int, cmd: StepCommand) -> HttpExchange:
         current = self.connections.get(index)
-        if current is not None and not current.closed and cmd.keepalive:
+        if current is not None and not current.closed:
             return current
         loop = asyncio.get_running_loop()
-        port = self.port_of(self.devices[index], cmd)
-        connecting = loop.create_connection(HttpExchange, cmd.host, port)
+        connecting = loop.create_connection(HttpExchange, cmd.host, cmd.port)
         _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
-        if cmd.keepalive:
-            self.connections[index] = protocol
+        self.connections[index] = protocol
         return protocol
 
     async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
-        device = self.devices[index]
-        request = build_request(device, cmd.host, self.port_of(device, cmd), cmd)
+        request = build_request(self.devices[index], cmd)
         started = time.perf_counter()
         protocol: Optional[HttpExchange] = None
         try:
@@ -180,8 +161,6 @@ class Worker:
             self._drop(index, protocol)
             return False
         result.pushes += 1
-        if not cmd.keepalive:
-            self._drop(index, protocol)
         if not 200 <= status < 300:
             result.failures[f"http-{status}"] += 1
             return False
@@ -227,7 +206,7 @@ class Worker:
             slot += max(1, math.ceil(elapsed / cmd.interval)) * cmd.interval
 
     def run(self, loop: asyncio.AbstractEventLoop, cmd: StepCommand) -> StepResult:
-        self.reset_for(cmd.host, tuple(cmd.ports))
+        self.reset_for(cmd.host, cmd.port)
         if cmd.prepopulate_only:
             return loop.run_until_complete(self.prepopulate(cmd))
         return loop.run_until_complete(self.load(cmd))
@@ -247,7 +226,7 @@ def worker_main(number: int, count: int, devices: List[Device], pipe) -> None:  
             pipe.send(worker.run(loop, cmd))
         except Exception as err:  # report, do not hang the parent
             pipe.send(err)
-    worker.reset_for("", ())
+    worker.reset_for("", 0)
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
     pipe.close()

@@ -1,22 +1,21 @@
 #!/usr/bin/env python3
-"""Prints the lab's devices: serial, group, job, interval, seconds since the last push, as Prometheus
-sees them (--prometheus) or as the Pushgateway does (--gateway). Exits 1 when an inventory device is
-missing or has gone silent."""
+"""Prints the lab's devices as Prometheus sees them: serial, group, job, interval, seconds since the
+last push (the recording rule the fleet dashboard reads). Exits 1 when an inventory device is missing
+or has gone silent."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import ssl
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from testkit.web import Endpoint  # noqa: E402
 
 DEVICE_GROUPS = ("critical", "regular", "dev")
 
@@ -37,36 +36,9 @@ def inventory_groups(inventory: str) -> Dict[str, str]:
     return {host: group for group in DEVICE_GROUPS for host in listing.get(group, {}).get("hosts", [])}
 
 
-class Endpoint:
-    """A server base URL with the lab's login and CA (both optional: the plain-HTTP set-up has neither)."""
-
-    def __init__(self, url: str, username: Optional[str], password: Optional[str], ca_file: Optional[str]) -> None:
-        self.url = url.rstrip("/")
-        self.headers = {}
-        if username:
-            self.headers["Authorization"] = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-        self.context = ssl.create_default_context(cafile=ca_file) if self.url.startswith("https") else None
-
-    def get(self, path: str):
-        request = urllib.request.Request(self.url + path, headers=self.headers)
-        return urllib.request.urlopen(request, timeout=5, context=self.context)
-
-
-def fetch_groups(gateway: Endpoint) -> tuple[list, float]:
-    """The gateway's groups and its own clock (Date header), so ages need no synchronised clocks."""
-    with gateway.get("/api/v1/metrics") as response:
-        now = parsedate_to_datetime(response.headers["Date"]).timestamp()
-        return json.load(response)["data"], now
-
-
-def first_value(group: dict, metric: str) -> dict:
-    family = group.get(metric, {}).get("metrics", [])
-    return family[0] if family else {}
-
-
 def prometheus_query(prometheus: Endpoint, expr: str) -> list:
-    with prometheus.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr})) as response:
-        return json.load(response)["data"]["result"]
+    body = prometheus.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    return json.loads(body)["data"]["result"]
 
 
 def prometheus_rows(prometheus: Endpoint, hosts: Dict[str, str]) -> List[DeviceRow]:
@@ -99,19 +71,6 @@ def sort_rows(rows: List[DeviceRow]) -> List[DeviceRow]:
     return sorted(rows, key=lambda row: (DEVICE_GROUPS.index(row.group) if row.group in DEVICE_GROUPS else 9, row.host))
 
 
-def device_rows(groups: list, now: float, hosts: Dict[str, str]) -> List[DeviceRow]:
-    rows = []
-    for group in groups:
-        labels = group.get("labels", {})
-        if "device_serial" not in labels:
-            continue
-        info = first_value(group, "push_monitor_interval_seconds")
-        host = info.get("labels", {}).get("hostname", "?")
-        push_time = float(first_value(group, "push_time_seconds").get("value", 0))
-        rows.append(device_row(labels, host, hosts, float(info.get("value", "nan")), now - push_time))
-    return sort_rows(rows)
-
-
 def print_table(rows: List[DeviceRow]) -> None:
     header = ("device_serial", "host", "group", "job", "interval_s", "last_push_s_ago")
     lines = [header] + [(r.serial, r.host, r.group, r.job, f"{r.interval:g}", f"{r.age:.0f}") for r in rows]
@@ -131,26 +90,23 @@ def problems(rows: List[DeviceRow], hosts: Dict[str, str], source: str) -> List[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--inventory", required=True)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prometheus", help="Prometheus base URL: the table as Prometheus sees it")
-    source.add_argument("--gateway", help="Pushgateway base URL: the table as the gateway sees it")
+    parser.add_argument("--prometheus", required=True, help="Prometheus base URL")
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait for every device to show up")
     parser.add_argument("--ca-file", help="CA certificate that signed the server's (https)")
     parser.add_argument("--username", help="basic auth user")
     parser.add_argument("--password-file", type=Path, help="file holding the basic auth password")
     args = parser.parse_args()
     password = args.password_file.read_text().strip() if args.password_file else None
-    endpoint = Endpoint(args.prometheus or args.gateway, args.username, password, args.ca_file)
+    prometheus = Endpoint(args.prometheus, args.username, password, args.ca_file)
     hosts = inventory_groups(args.inventory)
-    name = "Prometheus" if args.prometheus else "the Pushgateway"
     deadline = time.monotonic() + args.wait
     while True:
-        if args.prometheus:
-            rows = prometheus_rows(endpoint, hosts)
-        else:
-            groups, now = fetch_groups(endpoint)
-            rows = device_rows(groups, now, hosts)
-        issues = problems(rows, hosts, name)
+        try:
+            rows = prometheus_rows(prometheus, hosts)
+        except OSError as err:
+            print(f"lab: cannot read {args.prometheus}: {err}", file=sys.stderr)
+            return 1
+        issues = problems(rows, hosts, "Prometheus")
         # Right after a rollout Prometheus needs a scrape and a rule evaluation to see new devices.
         if not issues or time.monotonic() >= deadline:
             break

@@ -3,82 +3,26 @@ and helpers to run the agent as a subprocess."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from testkit import ROOT
+from testkit.process import free_port, processes_marked, stop_process, wait_until
+from testkit.web import http_get
+
 AGENT = ROOT / "files" / "push_monitor.py"
 PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 sys.path.insert(0, str(AGENT.parent))
-# bench/throwaway_pki.py: the benchmark's and the TLS tests' throwaway CA.
-sys.path.insert(0, str(ROOT / "bench"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition") -> float:
-    """Polls until predicate() is truthy; returns the monotonic time it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-
-
-def stop_process(process: Optional[subprocess.Popen], timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within timeout seconds."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def http_get(
-    url: str, timeout: float = 2.0, auth: Optional[Tuple[str, str]] = None, ca_file: Optional[str] = None
-) -> bytes:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-        return response.read()
-
-
-def processes_marked(marker: str) -> List[int]:
-    """Pids whose environment carries marker: every process a benchmark starts inherits it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue  # gone, or a kernel thread
-    return found
+# Imported from here by the test modules (one import line for the fixtures and these helpers).
+__all__ = ["ROOT", "free_port", "processes_marked", "stop_process", "wait_until"]
 
 
 class Pushgateway:

@@ -1,18 +1,15 @@
 """The monitoring server for tests: the roles' templates rendered by the project's own playbook, and
 a real Prometheus (Debian's binary) started on a free loopback port against a real Pushgateway.
 
-Imported by the server tests; the lead's conftest.py provides Pushgateway, free_port and wait_until.
+Imported by the server tests: agents and a Pushgateway (conftest.py) around testkit's Prometheus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shlex
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,52 +18,12 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
-from conftest import ROOT, Pushgateway, agent_command, agent_env, free_port, http_get, stop_process, wait_until
+from conftest import Pushgateway, agent_command, agent_env
+from testkit.dashboard_queries import rate_interval
+from testkit.process import stop_process
+from testkit.server import DASHBOARDS_DIR, Prometheus, read_flags, render_server_config
 
-PROMETHEUS_BIN = "/usr/bin/prometheus"
-PROMTOOL_BIN = "/usr/bin/promtool"
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
-RENDER_PLAYBOOK = ROOT / "playbooks" / "render-server-config.yml"
-COMPOSE_VARS = ROOT / "server" / "compose-vars.yml"
-COMMITTED_RENDER = ROOT / "server" / "compose"
-DASHBOARDS_DIR = ROOT / "server" / "grafana" / "dashboards"
-RULE_TESTS = ROOT / "server" / "prometheus" / "tests" / "fleet-rules.test.yml"
-
-
-def render_server_config(
-    dest: Path, extra_vars: Optional[Dict[str, Any]] = None, vars_file: Path = COMPOSE_VARS
-) -> Path:
-    """Renders the roles' server templates with their defaults (plus vars_file, plus extra_vars) into dest."""
-    dest.mkdir(parents=True, exist_ok=True)
-    extra = {"server_config_dest": str(dest), "server_config_vars_file": str(vars_file), **(extra_vars or {})}
-    extra_file = dest.parent / f"{dest.name}.extra-vars.json"
-    extra_file.write_text(json.dumps(extra))
-    env = {**os.environ, "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False"}
-    result = subprocess.run(
-        [ANSIBLE_PLAYBOOK, str(RENDER_PLAYBOOK), "-e", f"@{extra_file}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"rendering the server config failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
-    return dest
-
-
-def read_flags(env_file: Path) -> List[str]:
-    """The ARGS="..." of a rendered /etc/default file, split the way systemd splits $ARGS."""
-    for line in env_file.read_text().splitlines():
-        if line.startswith("ARGS="):
-            return shlex.split(shlex.split(line[len("ARGS=") :])[0])
-    raise AssertionError(f"{env_file} has no ARGS= line")
-
-
-def replace_flags(flags: List[str], overrides: Dict[str, str]) -> List[str]:
-    """Flags with --name=value entries replaced (or added) from overrides."""
-    kept = [flag for flag in flags if flag.split("=", 1)[0] not in overrides]
-    return kept + [f"{name}={value}" for name, value in overrides.items()]
+RULE_TESTS = Path(__file__).resolve().parent / "fleet-rules.test.yml"
 
 
 def pushgateway_role_args(env_file: Path) -> List[str]:
@@ -81,72 +38,8 @@ def host_port(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc
 
 
-def run_promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PROMTOOL_BIN, *args], capture_output=True, text=True, timeout=120)
-
-
 def load_dashboards() -> Dict[str, Dict[str, Any]]:
     return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS_DIR.glob("*.json"))}
-
-
-def iter_targets(dashboard: Dict[str, Any]) -> Iterator[tuple]:
-    """(panel, target) for every query target of every panel, rows included."""
-    for panel in dashboard["panels"]:
-        for inner in [panel, *panel.get("panels", [])]:
-            for target in inner.get("targets", []):
-                yield inner, target
-
-
-class Prometheus:
-    """A real Prometheus process with the given config, storage in workdir, on a free loopback port
-    (or on port, when its config must name its own address before it starts)."""
-
-    def __init__(self, workdir: Path, config: Path, flags: List[str], port: Optional[int] = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
-        self.log = workdir / "prometheus.log"
-        self.args = replace_flags(
-            flags,
-            {
-                "--config.file": str(config),
-                "--storage.tsdb.path": str(workdir / "tsdb"),
-                "--web.listen-address": f"127.0.0.1:{self.port}",
-            },
-        )
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [PROMETHEUS_BIN, *self.args], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
-        )
-        wait_until(self.ready, 30, 0.2, message=f"prometheus on {self.url} (log: {self.log})")
-
-    def ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            return b"Ready" in http_get(self.url + "/-/ready", 0.5)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        stop_process(self.process, 15)
-        self.process = None
-
-    def api(self, path: str, **params: Any) -> Any:
-        query = urllib.parse.urlencode(params, doseq=True)
-        body = json.loads(http_get(f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""), 10))
-        if body.get("status") != "success":
-            raise AssertionError(f"prometheus {path} {params}: {body}")
-        return body["data"]
-
-    def instant(self, expr: str) -> List[Dict[str, Any]]:
-        return self.api("query", query=expr)["result"]
-
-    def range(self, expr: str, seconds: float, step: float) -> List[Dict[str, Any]]:
-        end = time.time()
-        return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
 
 
 Samples = Dict[Tuple[Tuple[str, str], ...], List[Tuple[float, str]]]
@@ -254,23 +147,9 @@ def fleet_server(
 
 
 def grafana_rate_interval(datasource_file: Path, step_seconds: float) -> str:
-    """Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval), where the
-    scrape interval is the datasource's timeInterval."""
+    """Grafana's $__rate_interval for the provisioned datasource's timeInterval (scrape interval)."""
     datasource = yaml.safe_load(datasource_file.read_text())["datasources"][0]
     match = re.fullmatch(r"(\d+)s", datasource["jsonData"]["timeInterval"])
     if not match:
         raise AssertionError(f"timeInterval {datasource['jsonData']['timeInterval']!r} is not in seconds")
-    scrape = int(match.group(1))
-    return f"{int(max(step_seconds + scrape, 4 * scrape))}s"
-
-
-def substitute(expr: str, variables: Dict[str, str]) -> str:
-    """Grafana's variable syntax ($name and ${name}) replaced by values; unknown variables are an error."""
-
-    def value(match: re.Match) -> str:
-        name = match.group(1) or match.group(2)
-        if name not in variables:
-            raise AssertionError(f"query {expr!r} uses ${name}, which the test does not know")
-        return variables[name]
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+    return rate_interval(step_seconds, int(match.group(1)))

@@ -14,7 +14,8 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, processes_marked
+from testkit import ROOT
+from testkit.process import processes_marked
 
 pytestmark = pytest.mark.integration
 
@@ -63,10 +64,8 @@ def test_quick_run_reports_both_subjects_every_step_and_the_ratio() -> None:
     assert processes_marked(marker) == [], "the benchmark left processes behind"
 
 
-def test_bad_subject_is_one_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--subject", "x=nosuchbase"], capture_output=True, text=True, timeout=60
-    )
+def test_bad_ramp_is_one_clear_error() -> None:
+    result = subprocess.run([sys.executable, str(BENCH), "--ramp", "50,10"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "base must be stock or role" in result.stderr
+    assert "expected increasing positive device counts" in result.stderr
     assert "Traceback" not in result.stderr

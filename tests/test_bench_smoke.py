@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, processes_marked
+from testkit import ROOT
+from testkit.process import processes_marked
 
 pytestmark = pytest.mark.integration
 

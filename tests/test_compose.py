@@ -4,13 +4,16 @@ its configuration is held equal to the roles' own render with their defaults."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 import yaml
 
-from server_fixtures import COMMITTED_RENDER, COMPOSE_VARS, ROOT, read_flags, render_server_config
+from testkit import ROOT
+from testkit.server import COMMITTED_RENDER, COMPOSE_VARS, read_flags, render_server_config
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PINNED_IMAGES = {
@@ -18,7 +21,10 @@ PINNED_IMAGES = {
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
     "grafana": r"grafana/grafana-oss:\d+\.\d+\.\d+",
 }
-PORTS = {"pushgateway": "9091:9091", "prometheus": "9090:9090", "grafana": "3000:3000"}
+# Published on the host's loopback only: plain HTTP without logins must not reach the network.
+PORTS = {"pushgateway": "127.0.0.1:9091:9091", "prometheus": "127.0.0.1:9090:9090", "grafana": "127.0.0.1:3000:3000"}
+# The binaries the tests and Molecule run (Debian's packages), whose versions the images must carry.
+TESTED_BINARIES = {"pushgateway": "prometheus-pushgateway", "prometheus": "prometheus"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def test_services_images_ports_healthchecks_restart(compose: Dict[str, Any]) -> 
         assert service["restart"] in {"unless-stopped", "always"}
         health = service["healthcheck"]
         assert health["test"][0] == "CMD" and health["retries"] >= 1
-        port = PORTS[name].split(":")[1]
+        port = PORTS[name].split(":")[-1]
         assert any(f"localhost:{port}/" in part for part in health["test"]), f"{name}: healthcheck misses its port"
 
 
@@ -122,7 +128,7 @@ def test_grafana_mounts_the_provisioning_and_dashboards(compose: Dict[str, Any])
     assert mounts[f"{provisioning}/datasources"] == COMMITTED_RENDER / "grafana" / "provisioning" / "datasources"
     assert mounts[f"{provisioning}/dashboards"] == COMMITTED_RENDER / "grafana" / "provisioning" / "dashboards"
     dashboards_dir = role_default("grafana", "grafana_dashboards_dir")
-    assert mounts[dashboards_dir] == ROOT / "server" / "grafana" / "dashboards"
+    assert mounts[dashboards_dir] == ROOT / "roles" / "grafana" / "files" / "dashboards"
     provider = yaml.safe_load((mounts[f"{provisioning}/dashboards"] / "fleet-monitor.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == dashboards_dir
     datasource = yaml.safe_load((mounts[f"{provisioning}/datasources"] / "fleet-monitor.yml").read_text())
@@ -138,3 +144,25 @@ def test_startup_order_waits_for_health(compose: Dict[str, Any]) -> None:
     services = compose["services"]
     assert services["prometheus"]["depends_on"] == {"pushgateway": {"condition": "service_healthy"}}
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def installed_version(binary: str) -> str:
+    """major.minor.patch of an installed Prometheus-project binary (`NAME, version X.Y.Z+ds ...`)."""
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    match = re.search(r"version (\d+\.\d+\.\d+)", output.stdout + output.stderr)
+    assert match, f"{binary} --version: {output.stdout}{output.stderr}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("service", sorted(TESTED_BINARIES))
+def test_images_carry_the_tested_versions(compose: Dict[str, Any], service: str) -> None:
+    if shutil.which(TESTED_BINARIES[service]) is None:
+        pytest.fail(f"{TESTED_BINARIES[service]} is not installed: run `make host`")
+    image_version = compose["services"][service]["image"].rsplit(":v", 1)[1]
+    assert image_version == installed_version(TESTED_BINARIES[service])
+
+
+def test_no_port_is_published_beyond_localhost(compose: Dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is reachable from the network"

@@ -13,18 +13,11 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import yaml
 
-from conftest import wait_until
-from server_fixtures import (
-    COMMITTED_RENDER,
-    ROOT,
-    FleetServer,
-    Prometheus,
-    fleet_server,
-    grafana_rate_interval,
-    iter_targets,
-    load_dashboards,
-    substitute,
-)
+from server_fixtures import FleetServer, fleet_server, grafana_rate_interval, load_dashboards
+from testkit import ROOT
+from testkit.dashboard_queries import iter_targets, substitute
+from testkit.process import wait_until
+from testkit.server import COMMITTED_RENDER, Prometheus
 
 DATASOURCE_UID = yaml.safe_load((ROOT / "roles" / "grafana" / "defaults" / "main.yml").read_text())[
     "grafana_datasource_uid"
@@ -38,7 +31,7 @@ DEVICES = [
 SILENCED = DEVICES[0]
 SILENT_TABLE_RECORD = "job_device_serial:silent_push_age:seconds"
 STEP_SECONDS = 1
-# The queries issue 4 names for each dashboard, exactly.
+# The queries each dashboard must carry, exactly (docs/server.md lists them).
 REQUIRED_QUERIES = {
     "device.json": {
         'total_cpu_usage_percent{device_serial="$device_serial"}',

@@ -32,7 +32,3 @@ def test_runs_unprivileged_and_starts_the_agent() -> None:
     assert users and users[-1] not in ("root", "0")
     entrypoint = next(args for op, args in ops if op == "ENTRYPOINT")
     assert "/opt/push-monitor/push_monitor.py" in entrypoint
-
-
-def test_documents_host_pid_namespace() -> None:
-    assert "--pid=host" in DOCKERFILE.read_text()

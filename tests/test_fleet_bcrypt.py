@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ROOT / "roles" / "pushgateway" / "filter_plugins" / "fleet_bcrypt.py"
+PLUGIN = ROOT / "roles" / "server_common" / "filter_plugins" / "fleet_bcrypt.py"
 
 
 def load_filter():
@@ -44,7 +44,3 @@ def test_salt_differs_per_seed_and_rounds_are_kept() -> None:
 def test_bad_input_is_one_clear_error(password, rounds: int) -> None:
     with pytest.raises(AnsibleFilterError, match="fleet_bcrypt"):
         FILTER.fleet_bcrypt(password, "seed", rounds)
-
-
-def test_prometheus_role_uses_the_same_filter() -> None:
-    assert (ROOT / "roles" / "prometheus" / "filter_plugins" / "fleet_bcrypt.py").resolve() == PLUGIN.resolve()

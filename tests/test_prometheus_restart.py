@@ -1,4 +1,4 @@
-"""Faults (issue 5 §3): Prometheus restarted, no config or data lost.
+"""Faults: Prometheus restarted, no config or data lost.
 
 A real Prometheus runs with the prometheus role's rendered flags, config and rules and its own TSDB
 directory, scraping a real Pushgateway that two real agents (files/push_monitor.py, 1 s interval) push
@@ -29,14 +29,9 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from conftest import free_port, wait_until
-from server_fixtures import (
-    FleetServer,
-    Prometheus,
-    Samples,
-    fleet_server,
-    raw_samples,
-)
+from server_fixtures import FleetServer, Samples, fleet_server, raw_samples
+from testkit.process import free_port, wait_until
+from testkit.server import Prometheus
 
 pytestmark = pytest.mark.integration
 

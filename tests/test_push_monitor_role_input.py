@@ -5,16 +5,13 @@ that could change the host, so nothing is installed here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+from testkit import ROOT
+from testkit.playbook import run_playbook
 
 PLAYBOOK = """
 - name: push_monitor input checks
@@ -28,17 +25,14 @@ PLAYBOOK = """
 def run_role(tmp_path: Path, extra_vars: Dict[str, object]) -> dict:
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK, encoding="utf-8")
-    env = dict(
-        os.environ,
-        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_CACHE_PLUGIN="ansible.builtin.memory",
-        ANSIBLE_LOCALHOST_WARNING="false",
-        ANSIBLE_CONFIG=str(tmp_path / "none.cfg"),
-    )
-    command = [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", "--check"]
-    command += ["--extra-vars", json.dumps(extra_vars), str(playbook)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    env = {
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_CACHE_PLUGIN": "ansible.builtin.memory",
+        "ANSIBLE_CONFIG": str(tmp_path / "none.cfg"),
+    }
+    args = ["-i", "localhost,", "-c", "local", "--check"]
+    done = run_playbook(playbook, args, extra_vars=extra_vars, env=env, cwd=tmp_path, timeout=120)
     result = json.loads(done.stdout)
     result["rc"] = done.returncode
     return result

@@ -9,7 +9,6 @@ When the host has systemd-analyze, `systemd-analyze verify` must also accept the
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -18,10 +17,10 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import ROOT
+from testkit import ROOT
+from testkit.playbook import run_playbook
 
 ROLE = ROOT / "roles" / "push_monitor"
-ANSIBLE_PLAYBOOK = Path(shutil.which("ansible-playbook") or ROOT / ".venv" / "bin" / "ansible-playbook")
 
 ODD_VALUES = [
     "plain-0001",
@@ -143,24 +142,13 @@ def env_file_values(text: str) -> Dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
-    if not ANSIBLE_PLAYBOOK.exists():
-        pytest.fail("ansible-playbook not found; run `make venv`")
     workdir = tmp_path_factory.mktemp("unit-escaping")
     out = workdir / "out"
     out.mkdir()
     playbook = workdir / "render.yml"
     playbook.write_text(PLAYBOOK.format(role=ROLE, agent=ROOT / "files" / "push_monitor.py"))
-    extra = workdir / "extra.json"
-    extra.write_text(
-        json.dumps({"fleet_out": str(out), "fleet_cases": ODD_VALUES, "ansible_python_interpreter": sys.executable})
-    )
-    result = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook), "-e", f"@{extra}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=workdir,
-    )
+    extra = {"fleet_out": str(out), "fleet_cases": ODD_VALUES, "ansible_python_interpreter": sys.executable}
+    result = run_playbook(playbook, ["-i", "localhost,"], extra_vars=extra, cwd=workdir, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 

@@ -1,4 +1,4 @@
-"""Past one server (issue 6 §4): Prometheus forwards the fleet to a distributed store with remote_write.
+"""Past one server: Prometheus forwards the fleet to a distributed store with remote_write.
 
 The store is a second real Prometheus started with --web.enable-remote-write-receiver and no scrape
 configs of its own, so every series it holds arrived through remote_write. The first Prometheus runs
@@ -15,13 +15,9 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 import pytest
 import yaml
 
-from conftest import free_port, wait_until
-from server_fixtures import (
-    Prometheus,
-    Samples,
-    fleet_server,
-    raw_samples,
-)
+from server_fixtures import Samples, fleet_server, raw_samples
+from testkit.process import free_port, wait_until
+from testkit.server import Prometheus
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server_fixtures import ROOT, RULE_TESTS, read_flags, render_server_config, run_promtool
+from server_fixtures import RULE_TESTS
+from testkit import ROOT
+from testkit.server import read_flags, render_server_config, run_promtool
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +88,13 @@ def test_every_alert_has_promtool_unit_tests_and_they_pass() -> None:
 
 def test_promtool_unit_tests_catch_a_changed_rule(tmp_path: Path) -> None:
     """The unit tests are not vacuous: a rule with a different factor makes them fail."""
-    rules_dir = tmp_path / "compose" / "prometheus" / "rules"
+    rules_dir = tmp_path / "server" / "compose" / "prometheus" / "rules"
     rules_dir.mkdir(parents=True)
     for path in (ROOT / "server" / "compose" / "prometheus" / "rules").glob("*.yml"):
         text = path.read_text().replace("3 * max by (job, device_serial)", "30 * max by (job, device_serial)")
         (rules_dir / path.name).write_text(text)
-    tests_dir = tmp_path / "prometheus" / "tests"
-    tests_dir.mkdir(parents=True)
+    tests_dir = tmp_path / "tests"
+    tests_dir.mkdir()
     (tests_dir / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     result = run_promtool("test", "rules", str(tests_dir / RULE_TESTS.name))
     assert result.returncode != 0, result.stdout

@@ -3,18 +3,15 @@ that names the variable. Runs only the roles' preflight (and argument spec) task
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-from server_fixtures import ROOT
+from testkit import ROOT
+from testkit.playbook import run_playbook
 
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 GOOD = {"grafana_admin_password": "a-long-secret"}
 CASES = [
     ("grafana", {"grafana_admin_password": ""}, "grafana_admin_password"),
@@ -45,21 +42,12 @@ def run_preflight(tmp_path: Path, role: str, extra_vars: Dict[str, Any]) -> subp
     playbook.write_text(
         f"- hosts: localhost\n  connection: local\n  gather_facts: true\n  roles:\n    - role: {role}\n"
     )
-    vars_file = tmp_path / "vars.json"
-    vars_file.write_text(json.dumps({**GOOD, **extra_vars}))
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_LOCALHOST_WARNING": "False",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    return subprocess.run(
-        [ANSIBLE_PLAYBOOK, str(playbook), "--tags", f"{role}_preflight", "-e", f"@{vars_file}"],
+    return run_playbook(
+        playbook,
+        ["--tags", f"{role}_preflight"],
+        extra_vars={**GOOD, **extra_vars},
+        env={"ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
 

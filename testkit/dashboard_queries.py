@@ -2,8 +2,11 @@
 """Sends every query of the installed Grafana dashboards to Prometheus, as Grafana would, and prints
 JSON: the device_serial dropdown's values and the queries that returned no data.
 
-Runs on the monitoring server (stdlib only). Grafana variables: $device_serial is set to each
-serial in turn, $__rate_interval / $__interval as Grafana computes them for a 1 s step.
+The home of Grafana's query logic (variable substitution, $__rate_interval, the panels' targets):
+tests/test_dashboards.py imports it, and molecule/default/verify.yml runs it on the monitoring server
+(ansible.builtin.script: one stdlib-only file, so it builds its own requests).
+Grafana variables: $device_serial is set to each serial in turn, $__rate_interval / $__interval as
+Grafana computes them for a 1 s step.
 With --datasource (Grafana's provisioned datasource entry as JSON) it reaches Prometheus the way
 Grafana does: that URL, that basic auth login, that CA certificate.
 """
@@ -58,21 +61,29 @@ def has_data(prometheus: Datasource, expr: str, instant: bool) -> bool:
     return any(series["values"] for series in prometheus.api("query_range", params)["result"])
 
 
-def targets(dashboard: Dict[str, Any]) -> Iterator[Tuple[str, Dict[str, Any]]]:
+def iter_targets(dashboard: Dict[str, Any]) -> Iterator[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(panel, target) for every query target of every panel, rows included."""
     for panel in dashboard["panels"]:
         for inner in [panel, *panel.get("panels", [])]:
             for target in inner.get("targets", []):
-                yield inner["title"], target
+                yield inner, target
 
 
 def substitute(expr: str, variables: Dict[str, str]) -> str:
+    """Grafana's variable syntax ($name and ${name}) replaced by values; an unknown variable is a ValueError."""
+
     def value(match: re.Match) -> str:
         name = match.group(1) or match.group(2)
         if name not in variables:
-            raise SystemExit(f"dashboard query {expr!r} uses unknown variable ${name}")
+            raise ValueError(f"dashboard query {expr!r} uses unknown variable ${name}")
         return variables[name]
 
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
+def rate_interval(step_seconds: float, scrape_seconds: int) -> str:
+    """Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval)."""
+    return f"{int(max(step_seconds + scrape_seconds, 4 * scrape_seconds))}s"
 
 
 def dropdown(prometheus: Datasource, dashboards: List[Dict[str, Any]]) -> List[str]:
@@ -104,7 +115,7 @@ def main() -> int:
     scrape = args.scrape_interval_seconds
     base = {
         "__interval": f"{STEP_SECONDS}s",
-        "__rate_interval": f"{max(STEP_SECONDS + scrape, 4 * scrape)}s",
+        "__rate_interval": rate_interval(STEP_SECONDS, scrape),
         "__range": f"{RANGE_SECONDS}s",
     }
     queries: List[Tuple[str, bool, str]] = []
@@ -112,10 +123,13 @@ def main() -> int:
         uses_device = "$device_serial" in json.dumps(dashboard)
         for serial in args.serial if uses_device else [""]:
             variables = {**base, "device_serial": serial}
-            for title, target in targets(dashboard):
-                expr = substitute(target["expr"], variables)
+            for panel, target in iter_targets(dashboard):
+                try:
+                    expr = substitute(target["expr"], variables)
+                except ValueError as err:
+                    raise SystemExit(str(err)) from err
                 if not any(text in expr for text in args.skip):
-                    label = f"{dashboard['title']} / {title}" + (f" / {serial}" if serial else "")
+                    label = f"{dashboard['title']} / {panel['title']}" + (f" / {serial}" if serial else "")
                     queries.append((label, bool(target.get("instant")), expr))
 
     pending = list(queries)

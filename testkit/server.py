@@ -1,0 +1,106 @@
+"""The monitoring server as the roles configure it, outside a host: the roles' templates rendered by
+playbooks/render-server-config.yml, and a real Prometheus (Debian's binary) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from testkit import ROOT
+from testkit.playbook import run_playbook
+from testkit.process import free_port, stop_process, wait_until
+from testkit.web import http_get
+
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+PROMTOOL_BIN = "/usr/bin/promtool"
+RENDER_PLAYBOOK = ROOT / "playbooks" / "render-server-config.yml"
+COMPOSE_VARS = ROOT / "server" / "compose-vars.yml"
+COMMITTED_RENDER = ROOT / "server" / "compose"
+DASHBOARDS_DIR = ROOT / "roles" / "grafana" / "files" / "dashboards"
+
+
+def render_server_config(
+    dest: Path, extra_vars: Optional[Dict[str, Any]] = None, vars_file: Path = COMPOSE_VARS
+) -> Path:
+    """Renders the roles' server templates with their defaults (plus vars_file, plus extra_vars) into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    extra = {"server_config_dest": str(dest), "server_config_vars_file": str(vars_file), **(extra_vars or {})}
+    result = run_playbook(RENDER_PLAYBOOK, extra_vars=extra, timeout=180)
+    if result.returncode != 0:
+        raise AssertionError(f"rendering the server config failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
+    return dest
+
+
+def read_flags(env_file: Path) -> List[str]:
+    """The ARGS="..." of a rendered /etc/default file, split the way systemd splits $ARGS."""
+    for line in env_file.read_text().splitlines():
+        if line.startswith("ARGS="):
+            return shlex.split(shlex.split(line[len("ARGS=") :])[0])
+    raise AssertionError(f"{env_file} has no ARGS= line")
+
+
+def replace_flags(flags: List[str], overrides: Dict[str, str]) -> List[str]:
+    """Flags with --name=value entries replaced (or added) from overrides."""
+    kept = [flag for flag in flags if flag.split("=", 1)[0] not in overrides]
+    return kept + [f"{name}={value}" for name, value in overrides.items()]
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL_BIN, *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+class Prometheus:
+    """A real Prometheus process with the given config, storage in workdir, on a free loopback port
+    (or on port, when its config must name its own address before it starts)."""
+
+    def __init__(self, workdir: Path, config: Path, flags: List[str], port: Optional[int] = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.log = workdir / "prometheus.log"
+        self.args = replace_flags(
+            flags,
+            {
+                "--config.file": str(config),
+                "--storage.tsdb.path": str(workdir / "tsdb"),
+                "--web.listen-address": f"127.0.0.1:{self.port}",
+            },
+        )
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [PROMETHEUS_BIN, *self.args], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+        )
+        wait_until(self.ready, 30, 0.2, message=f"prometheus on {self.url} (log: {self.log})")
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            return b"Ready" in http_get(self.url + "/-/ready", 0.5)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process, 15)
+        self.process = None
+
+    def api(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode(params, doseq=True)
+        body = json.loads(http_get(f"{self.url}/api/v1/{path}" + (f"?{query}" if query else ""), 10))
+        if body.get("status") != "success":
+            raise AssertionError(f"prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def instant(self, expr: str) -> List[Dict[str, Any]]:
+        return self.api("query", query=expr)["result"]
+
+    def range(self, expr: str, seconds: float, step: float) -> List[Dict[str, Any]]:
+        end = time.time()
+        return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
