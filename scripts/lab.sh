@@ -102,7 +102,7 @@ up() {
   if podman exec "$GATEWAY" systemctl is-active --quiet grafana-server 2>/dev/null; then
     log "Grafana:     $(server_url 3000)   (admin / admin, lab only)"
   else
-    log "Grafana:     not installed (its package source is unreachable); dashboards: server/grafana/dashboards/"
+    log "Grafana:     not installed (its package source is unreachable); dashboards: roles/grafana/files/dashboards/"
   fi
   log "remove the lab with: make lab-down"
 }
