@@ -45,7 +45,7 @@ class Metrics:
         self.swap_used = gauge("swap_used_bytes", "Swap in use.", base)
         self.load = {m: gauge(f"load_average_{m}m", f"Load average, {m} min.", base) for m in (1, 5, 15)}
         self.boot_time = gauge("boot_time_seconds", "Unix time the system booted.", base)
-        self.process_count = gauge("process_count", "Processes running.", base)
+        self.system_processes = gauge("system_processes", "Processes running.", base)
         self.app_cpu = gauge("app_cpu_usage_percent", "CPU of the top apps, percent of one core.", per_app)
         self.app_memory = gauge("app_memory_usage_mb", "Resident memory of the top apps in MiB.", per_app)
         self.network = {
@@ -98,7 +98,7 @@ def collect(metrics: Metrics, identity: Sequence[str], top_n: int, interval: flo
     for minutes, value in zip((1, 5, 15), psutil.getloadavg()):
         metrics.load[minutes].labels(*identity).set(value)
     metrics.boot_time.labels(*identity).set(psutil.boot_time())
-    metrics.process_count.labels(*identity).set(count)
+    metrics.system_processes.labels(*identity).set(count)
     for interface, counters in psutil.net_io_counters(pernic=True).items():
         for attribute, gauge in metrics.network.items():
             gauge.labels(*identity, interface).set(getattr(counters, attribute))

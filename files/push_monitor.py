@@ -1,47 +1,42 @@
 #!/usr/bin/env python3
-"""push_monitor: collect host metrics with psutil and push them to a Prometheus Pushgateway.
+"""push_monitor: collect host metrics and push them to a Prometheus Pushgateway.
 
 One group per device (grouping key: job + device_serial), pushed with PUT on a fixed schedule.
 Runs standalone (`python3 push_monitor.py --help`) or as the systemd service the Ansible role installs.
-Depends only on psutil and prometheus_client (current releases or Debian 12 / Ubuntu 22.04 packages).
+Depends only on psutil (a current release or the Debian 12 / Ubuntu 22.04 package); the exposition
+text and the HTTP transport are the standard library's.
 """
 
 from __future__ import annotations
 
+import signal
+
+# Run as a program, the first thing it does is take SIGTERM/SIGINT/SIGHUP: one arriving while the
+# modules load is recorded here and acted on by main() (a clean stop), never a kill or a traceback.
+EARLY_SIGNALS: list = []
+if __name__ == "__main__":
+    for _signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(_signum, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+
+# Only standard modules at the top: psutil is loaded after the signal handlers are in place, and
+# ssl only for an https:// gateway (see load_psutil and PushgatewayClient._ssl_context).
 import argparse
 import base64
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import math
 import os
-import random
 import re
-import signal
+import select
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
-
-# The deployment resolves the serial with `--print-serial` before the dependencies are installed,
-# so a missing library is reported only when a command actually needs it.
-try:
-    import psutil
-except ImportError:  # pragma: no cover - exercised on hosts without psutil
-    psutil = None  # type: ignore[assignment]
-try:
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-except ImportError:  # pragma: no cover
-    CollectorRegistry = None  # type: ignore[assignment,misc]
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from urllib.parse import quote, urlsplit
 
 __version__ = "1.0.0"
 PROG = "push_monitor"
@@ -52,13 +47,32 @@ DEFAULT_INTERVAL = 1.0
 DEFAULT_JOB = "device-metrics"
 DEFAULT_TOP_N = 10
 MAX_DEFAULT_TIMEOUT = 10.0
+# Below 0.1 s a push schedule floods the gateway; above a day it is no longer monitoring.
+MIN_INTERVAL, MAX_INTERVAL = 0.1, 86400.0
+# Every app is two series on the gateway and in Prometheus: a bound on the device's cardinality.
+MAX_TOP_N = 100
+# Groups of metrics --disable can turn off (docs/agent.md lists the metrics of each).
+METRIC_GROUPS = ("network", "disk", "diskio", "temperature", "battery")
+# Bounds on label sets that depend on the hardware: a host with hundreds of mounts or disks
+# (container hosts, SAN clients) reports the first ones, not a series explosion.
+MAX_FILESYSTEMS = 32
+MAX_DISKS = 32
+MAX_SENSORS = 64
+# Read-only images (snap packages, live media) are always full: their usage tells nothing.
+IMAGE_FILESYSTEMS = frozenset({"squashfs", "iso9660", "udf", "cramfs", "erofs"})
+# Not storage: the root mount of a container (overlay) is reported anyway, as "/".
+PSEUDO_FILESYSTEMS = frozenset({"tmpfs", "devtmpfs", "ramfs", "proc", "sysfs", "overlay", "aufs", "nsfs", "rootfs"})
 SYSTEM_STATE_DIR = "/var/lib/push-monitor"
 SERIAL_STATE_FILE = "device-serial"
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Keyed hash input for the machine-id fallback (as systemd's sd_id128_get_machine_app_specific):
 # the raw machine-id is a secret-ish host identifier that must not leave the device.
 MACHINE_ID_APP_KEY = b"push_monitor device serial v1"
+# Values sent as they are in the group's URL path; "." and ".." are path steps, so they never are.
 PLAIN_GROUPING_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
+# An answer's head and body are read only this far; beyond it the connection is dropped instead.
+MAX_RESPONSE_HEAD = 16384
+MAX_RESPONSE_BODY = 65536
 
 
 class ConfigError(Exception):
@@ -73,8 +87,57 @@ class PushError(Exception):
         self.kind = kind
 
 
-class ShutdownRequested(Exception):
-    """Raised from the SIGTERM/SIGINT handler so that a blocked wait or request ends at once."""
+class ShutdownRequested(BaseException):
+    """Raised from the SIGTERM/SIGINT handler so that a blocked wait or request ends at once; a
+    BaseException (as KeyboardInterrupt) so that no `except Exception` on the way swallows it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------
+
+
+class Signals:
+    """SIGTERM/SIGINT request a clean stop; SIGHUP is logged and ignored.
+
+    The handler raises ShutdownRequested only inside an interruptible() block (the schedule and
+    its pushes) and only once: a second signal, or one that lands while the agent starts up or
+    cleans up, merely records the request, so no signal ever escapes as a traceback or a kill.
+    """
+
+    def __init__(self) -> None:
+        self.requested: Optional[str] = None
+        self.hangups = 0
+        self._interruptible = False
+
+    def install(self, early: Sequence[int] = ()) -> None:
+        """Takes over the handlers; signals that arrived before (at import) count as if now."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle)
+        for signum in early:
+            self._handle(signum, None)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.hangups += 1  # logged by the loop: writing to stderr from a handler can re-enter a write
+            return
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+        if self._interruptible:
+            self._interruptible = False
+            raise ShutdownRequested(self.requested)
+
+    def check(self) -> None:
+        if self.requested is not None:
+            raise ShutdownRequested(self.requested)
+
+    def interruptible(self, action: Callable[[], None]) -> None:
+        self._interruptible = True  # before the check: a signal in between then raises itself
+        try:
+            self.check()
+            action()
+        finally:
+            self._interruptible = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,8 +145,7 @@ class ShutdownRequested(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     pushgateway_url: str = DEFAULT_PUSHGATEWAY
     interval: float = DEFAULT_INTERVAL
     job: str = DEFAULT_JOB
@@ -91,7 +153,7 @@ class Config:
     timeout: float = 0.8
     device_serial: Optional[str] = None
     username: Optional[str] = None
-    password: Optional[str] = field(default=None, repr=False)
+    password: Optional[str] = None
     ca_file: Optional[str] = None
     client_cert: Optional[str] = None
     client_key: Optional[str] = None
@@ -101,13 +163,20 @@ class Config:
     print_only: bool = False
     print_serial: bool = False
     delete_on_exit: bool = False
+    disabled: FrozenSet[str] = frozenset()
+
+    def __repr__(self) -> str:
+        shown = (  # the password never appears in a log or a traceback
+            f"{name}={'***' if name == 'password' and value else repr(value)}" for name, value in self._asdict().items()
+        )
+        return f"Config({', '.join(shown)})"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; bad input here gets exactly one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.stderr.write(f"{self.prog.split('.')[0]}: error: {message}\n")
         sys.exit(2)
 
 
@@ -119,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Prometheus Pushgateway, one group per device (job + device_serial).",
         epilog="Precedence: flag > environment variable > default. The password is never a flag: "
         "use --password-file or PUSHGATEWAY_PASSWORD. Exit status: 0 ok, 1 push failed (--once), "
-        "2 bad input.",
+        "2 bad input. SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP is logged and ignored.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
@@ -131,15 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--interval",
         metavar="SECONDS",
-        help=f"push interval, fractions allowed [env PUSH_INTERVAL, default {DEFAULT_INTERVAL:g}]",
+        help=f"push interval, {MIN_INTERVAL:g} to {MAX_INTERVAL:g} [env PUSH_INTERVAL, default {DEFAULT_INTERVAL:g}]",
     )
     add("--job", metavar="NAME", help=f"job label of the device's group [env DEVICE_JOB, default {DEFAULT_JOB}]")
-    add("--top-n", metavar="N", help=f"number of top apps by CPU to report [env TOP_N, default {DEFAULT_TOP_N}]")
+    add(
+        "--top-n",
+        metavar="N",
+        help=f"number of top apps by CPU to report, 0 to {MAX_TOP_N} [env TOP_N, default {DEFAULT_TOP_N}]",
+    )
     add("--device-serial", metavar="SERIAL", help="override the detected hardware serial [env DEVICE_SERIAL]")
     add(
         "--timeout",
         metavar="SECONDS",
-        help="push timeout, shorter than the interval [env PUSH_TIMEOUT, default min(0.8 x interval, 10)]",
+        help="bound on each push (connect, send, answer), shorter than the interval "
+        "[env PUSH_TIMEOUT, default min(0.8 x interval, 10)]",
     )
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [env LOG_LEVEL, default INFO]")
     add("--username", metavar="USER", help="basic auth user [env PUSHGATEWAY_USERNAME]")
@@ -154,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--state-dir",
         metavar="DIR",
-        help=f"where a generated device id is kept [env STATE_DIRECTORY, "
+        help=f"where a generated device id is kept [env STATE_DIRECTORY (systemd: the first of its list), "
         f"default {SYSTEM_STATE_DIR} or ~/.local/state/push-monitor]",
     )
     add("--once", action="store_true", help="collect and push once; exit 0 on success, 1 on failure")
@@ -166,29 +240,59 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print {"device_serial": ..., "source": ...} as JSON and exit (needs only the standard library)',
     )
-    add("--delete-on-exit", action="store_true", help="delete the device's group from the gateway on SIGTERM/SIGINT")
+    add(
+        "--delete-on-exit",
+        action="store_true",
+        help="delete the device's group from the gateway on SIGTERM/SIGINT (bounded by --timeout)",
+    )
+    add(
+        "--disable",
+        metavar="GROUPS",
+        help=f"metric groups not to collect, comma-separated: {', '.join(METRIC_GROUPS)} [env PUSH_DISABLE]",
+    )
     add("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
+# File paths may be any bytes; everything else ends up in a URL, a header or a label, which are UTF-8.
+PATH_SETTINGS = frozenset({"--password-file", "--ca-file", "--client-cert", "--client-key", "--state-dir"})
+
+
 def _pick(args: argparse.Namespace, flag: str, env: Dict[str, str], env_name: str) -> Tuple[Optional[str], str]:
     """Returns the winning raw value and the name to blame if it is bad."""
-    flag_value = getattr(args, flag.lstrip("-").replace("-", "_"))
-    if flag_value is not None:
-        return flag_value, flag
-    value = env.get(env_name)
-    if value is not None and value != "":
-        return value, env_name
-    return None, env_name
+    value, source = getattr(args, flag.lstrip("-").replace("-", "_")), flag
+    if value is None:
+        value, source = env.get(env_name) or None, env_name
+    if value is not None and flag not in PATH_SETTINGS:
+        require_utf8(value, source)
+    return value, source
 
 
-def parse_seconds(raw: str, source: str) -> float:
+def require_utf8(value: str, source: str) -> str:
+    """argv and the environment arrive with undecodable bytes as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{source}: not valid UTF-8 text") from None
+    return value
+
+
+def parse_disabled_groups(raw: str, source: str) -> FrozenSet[str]:
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METRIC_GROUPS]
+    if unknown:
+        known = ", ".join(METRIC_GROUPS)
+        raise ConfigError(f"{source}={raw!r}: unknown metric group(s) {', '.join(unknown)}; known: {known}")
+    return frozenset(names)
+
+
+def parse_number(raw: str, source: str, low: float, high: float, unit: str = "seconds") -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{source}={raw!r}: not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{source}={raw!r}: must be a finite number of seconds > 0")
+        raise ConfigError(f"{source}={raw!r}: not a number of {unit}") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{source}={raw!r}: must be between {low:g} and {high:g} {unit}")
     return value
 
 
@@ -197,27 +301,34 @@ def parse_top_n(raw: str, source: str) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{source}={raw!r}: not a whole number") from None
-    if value < 0:
-        raise ConfigError(f"{source}={raw!r}: must be 0 or more")
+    if not 0 <= value <= MAX_TOP_N:
+        raise ConfigError(f"{source}={raw!r}: must be between 0 and {MAX_TOP_N}")
     return value
 
 
 def validate_url(raw: str, source: str) -> str:
-    url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
+    """Returns the URL normalised: lower-case scheme, no trailing slash, the path percent-encoded."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https"):  # urlsplit lower-cases the scheme
         raise ConfigError(f"{source}={raw!r}: must start with http:// or https://")
     try:
         port = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         raise ConfigError(f"{source}={raw!r}: invalid port") from None
-    if not parts.hostname or (port is None and parts.netloc.endswith(":")):
+    host = parts.hostname or ""
+    if not host or (port is None and parts.netloc.endswith(":")):
         raise ConfigError(f"{source}={raw!r}: no host name")
+    if port == 0:
+        raise ConfigError(f"{source}={raw!r}: port must be between 1 and 65535")
+    if not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
+        raise ConfigError(f"{source}={raw!r}: host must be a DNS name or an IP address (IDN in its xn-- form)")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(
             f"{source}={raw!r}: give only scheme, host, port and path (credentials go in --username / --password-file)"
         )
-    return url
+    # A reverse proxy's prefix may hold spaces or non-ASCII: sent percent-encoded, as a browser does.
+    path = quote(parts.path.rstrip("/"), safe="/%!$&'()*+,;=:@-._~")
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _readable_file(path: str, source: str) -> str:
@@ -245,7 +356,10 @@ def read_password(path: str, source: str) -> str:
 def _credentials(args: argparse.Namespace, env: Dict[str, str]) -> Tuple[Optional[str], Optional[str]]:
     username, _ = _pick(args, "--username", env, "PUSHGATEWAY_USERNAME")
     password_file, source = _pick(args, "--password-file", env, "PUSHGATEWAY_PASSWORD_FILE")
-    password = read_password(password_file, source) if password_file else env.get("PUSHGATEWAY_PASSWORD") or None
+    if password_file:
+        password: Optional[str] = read_password(password_file, source)
+    else:
+        password = require_utf8(env.get("PUSHGATEWAY_PASSWORD") or "", "PUSHGATEWAY_PASSWORD") or None
     if password and not username:
         raise ConfigError("a password is set but no --username (or PUSHGATEWAY_USERNAME)")
     if username and not password:
@@ -269,15 +383,22 @@ def _tls_files(args: argparse.Namespace, env: Dict[str, str], url: str) -> Dict[
     return files
 
 
+def _state_dir(args: argparse.Namespace, env: Dict[str, str]) -> Optional[str]:
+    if args.state_dir:
+        return args.state_dir  # a flag is one path, colons included
+    # systemd passes a colon-separated list when a unit sets several StateDirectory= entries.
+    return (env.get("STATE_DIRECTORY") or "").split(":")[0] or None
+
+
 def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None) -> Config:
     """Flags over environment over defaults; raises ConfigError before any network traffic."""
     env = dict(os.environ if env is None else env)
     args = build_parser().parse_args(argv)
 
     raw, source = _pick(args, "--pushgateway", env, "PUSHGATEWAY_URL")
-    url = validate_url(raw, source) if raw is not None else DEFAULT_PUSHGATEWAY
+    url = validate_url(raw if raw is not None else DEFAULT_PUSHGATEWAY, source)
     raw, source = _pick(args, "--interval", env, "PUSH_INTERVAL")
-    interval = parse_seconds(raw, source) if raw is not None else DEFAULT_INTERVAL
+    interval = parse_number(raw, source, MIN_INTERVAL, MAX_INTERVAL) if raw is not None else DEFAULT_INTERVAL
     raw, source = _pick(args, "--job", env, "DEVICE_JOB")
     job = raw if raw is not None else DEFAULT_JOB
     if not job.strip():
@@ -285,8 +406,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     raw, source = _pick(args, "--top-n", env, "TOP_N")
     top_n = parse_top_n(raw, source) if raw is not None else DEFAULT_TOP_N
     raw, source = _pick(args, "--timeout", env, "PUSH_TIMEOUT")
-    timeout = parse_seconds(raw, source) if raw is not None else min(0.8 * interval, MAX_DEFAULT_TIMEOUT)
-    if timeout >= interval:
+    timeout = parse_number(raw, source, 0.001, MAX_INTERVAL) if raw is not None else None
+    if timeout is None:
+        timeout = min(0.8 * interval, MAX_DEFAULT_TIMEOUT)
+    elif timeout >= interval:
         raise ConfigError(f"{source}={raw!r}: push timeout must be shorter than the interval ({interval:g} s)")
     serial, source = _pick(args, "--device-serial", env, "DEVICE_SERIAL")
     if serial is not None and not serial.strip():
@@ -295,16 +418,15 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     level = (level or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{source}={level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    raw, source = _pick(args, "--disable", env, "PUSH_DISABLE")
+    disabled = parse_disabled_groups(raw, source) if raw is not None else frozenset()
     username, password = _credentials(args, env)
     tls = _tls_files(args, env, url)
-    state_dir, _ = _pick(args, "--state-dir", env, "STATE_DIRECTORY")
-    if state_dir:
-        state_dir = state_dir.split(":")[0]  # systemd passes a list when several dirs are set
     return Config(
         pushgateway_url=url, interval=interval, job=job, top_n=top_n, timeout=timeout,
-        device_serial=serial, username=username, password=password, state_dir=state_dir,
+        device_serial=serial, username=username, password=password, state_dir=_state_dir(args, env),
         log_level=level, once=args.once, print_only=args.print_only, print_serial=args.print_serial,
-        delete_on_exit=args.delete_on_exit, **tls,
+        delete_on_exit=args.delete_on_exit, disabled=disabled, **tls,
     )  # fmt: skip
 
 
@@ -412,20 +534,49 @@ def default_state_dir() -> str:
 
 
 def serial_from_state_file(state_dir: str) -> Tuple[str, str]:
-    """Last resort: a random id, generated once and kept, so the device stays one series."""
+    """Last resort: a random id, generated once and kept, so the device stays one series.
+
+    An id that exists is never replaced: if it cannot be read, or holds no usable id, the agent
+    stops with an error instead of turning the device into a new series.
+    """
     path = os.path.join(state_dir, SERIAL_STATE_FILE)
-    existing = _read_text(path)
-    if existing and not is_placeholder_serial(existing):
+    existing = _read_state_file(path)
+    if existing is not None:
         return existing, f"state file {path}"
     os.makedirs(state_dir, mode=0o750, exist_ok=True)
     generated = str(uuid.uuid4())
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(generated + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)  # atomic: a crash never leaves a half-written id
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(generated + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # link, not rename: complete when it appears, and it fails instead of replacing an id that
+        # another instance wrote meanwhile.
+        os.link(temporary, path)
+    except FileExistsError:
+        return _read_state_file(path) or generated, f"state file {path}"  # pragma: no cover - a race
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
     return generated, f"new state file {path}"
+
+
+def _read_state_file(path: str) -> Optional[str]:
+    """The kept id; None if there is none yet."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the device id in {path}: {err.strerror}; fix its owner or mode (it is never replaced)"
+        ) from None
+    value = raw.decode("utf-8", "replace").strip().strip("\x00").strip()
+    if not value or is_placeholder_serial(value) or "\ufffd" in value or len(value.splitlines()) != 1:
+        raise ConfigError(f"{path} holds no usable device id; remove it to let the agent generate a new one")
+    return value
 
 
 def resolve_device_serial(
@@ -457,273 +608,473 @@ def resolve_device_serial(
 # Collection
 # --------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ProcessSample:
-    key: Tuple[int, float]  # (pid, start time): a reused pid is a different process
-    name: str
-    cpu_seconds: float
-    rss_bytes: int
+# One process in a scan: its name (bytes, as the kernel keeps it), CPU time and resident memory
+# in the scanner's units. Keyed by (pid, start time): a reused pid is a different process.
+ProcessKey = Tuple[object, object]
+ProcessTable = Dict[ProcessKey, Tuple[bytes, float, int]]
 
 
-@dataclass(frozen=True)
-class AppUsage:
+class AppUsage(NamedTuple):
     name: str
     cpu_percent: float
     memory_bytes: int
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class FilesystemUsage(NamedTuple):
+    mountpoint: str
+    size_bytes: int
+    available_bytes: int
+    usage_percent: float
+
+
+class Snapshot(NamedTuple):
     cpu_percent: float
     memory: object  # psutil.virtual_memory() result
     swap: object
     network: Dict[str, object]
     load_average: Tuple[float, float, float]
     apps: List[AppUsage]
-    process_count: int
+    processes: int
     boot_time: float
     collection_seconds: float
+    filesystems: List[FilesystemUsage] = []
+    disks: Dict[str, Any] = {}
+    temperatures: List[Tuple[str, float]] = []
+    battery: Optional[Any] = None
 
 
 def label_safe(text: str) -> str:
-    """Label values must be valid UTF-8; /proc and interface names may carry undecodable bytes."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    """Label values must be UTF-8; bytes that are not (from /proc, hostnames, interface names)
+    are kept as \\xNN escapes, so two different names never become one."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def trim_cut_character(comm: bytes) -> bytes:
+    """The kernel cuts comm at 15 bytes, possibly inside a multibyte character: drop that part."""
+    for back in (1, 2, 3):
+        if back > len(comm):
+            break
+        byte = comm[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: look further back for the lead byte
+            continue
+        length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return comm[:-back] if byte >= 0xC0 and length > back else comm
+    return comm
 
 
 class LinuxProcessScanner:
-    """Reads /proc/<pid>/stat once per process: name, CPU ticks and RSS come from one small read,
-    which is several times cheaper than psutil.Process objects on hosts with hundreds of processes."""
+    """Reads /proc/<pid>/stat once per process: name, CPU ticks and RSS pages in one small read.
+    Nothing is decoded or converted beyond the three numbers, and only names the kernel cut at
+    15 bytes cost a second read (of cmdline, once per process lifetime)."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self.proc = proc
-        self.ticks_per_second = float(os.sysconf("SC_CLK_TCK"))
-        self.page_size = os.sysconf("SC_PAGE_SIZE")
-        self._full_names: Dict[Tuple[int, str, str], str] = {}
+        self.cpu_unit = 1.0 / os.sysconf("SC_CLK_TCK")  # seconds per tick
+        self.memory_unit = os.sysconf("SC_PAGE_SIZE")  # bytes per page
+        self._long_names: Dict[Tuple[str, bytes, bytes], bytes] = {}
 
-    def scan(self) -> List[ProcessSample]:
-        samples = []
-        full_names: Dict[Tuple[int, str, str], str] = {}
+    def scan(self) -> ProcessTable:
+        table: ProcessTable = {}
+        long_names: Dict[Tuple[str, bytes, bytes], bytes] = {}
+        prefix = self.proc + "/"
+        read, open_, close, rdonly = os.read, os.open, os.close, os.O_RDONLY
         for entry in os.listdir(self.proc):
             if not entry.isdigit():
                 continue
-            sample = self._read(int(entry), full_names)
-            if sample is not None:
-                samples.append(sample)
-        self._full_names = full_names  # drops names of processes that are gone
-        return samples
-
-    def _read(self, pid: int, full_names: Dict[Tuple[int, str, str], str]) -> Optional[ProcessSample]:
-        # os.open/os.read, not open(): this runs for every process every cycle, and skipping the
-        # io layer's buffered file objects makes the whole scan about a quarter cheaper.
-        try:
-            descriptor = os.open(f"{self.proc}/{pid}/stat", os.O_RDONLY)
-        except OSError:
-            return None  # exited between listdir and open
-        try:
-            raw = os.read(descriptor, 4096)  # one read: the line is well under 4 KiB
-        except OSError:
-            return None  # exited between open and read
-        finally:
-            os.close(descriptor)
-        open_paren, close_paren = raw.find(b"("), raw.rfind(b")")
-        fields = raw[close_paren + 2 :].split()
-        if open_paren < 0 or len(fields) < 22:
-            return None
-        comm = raw[open_paren + 1 : close_paren].decode("utf-8", "replace")
-        start = fields[19].decode()
-        name = self._full_name(pid, comm, start, full_names)
-        cpu_ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        return ProcessSample(
-            (pid, float(start)), name, cpu_ticks / self.ticks_per_second, int(fields[21]) * self.page_size
-        )
-
-    def _full_name(self, pid: int, comm: str, start: str, full_names: Dict[Tuple[int, str, str], str]) -> str:
-        # The kernel cuts comm at 15 bytes; like psutil, take the full name from argv[0] then.
-        if len(comm) < 15:
-            return comm
-        cache_key = (pid, start, comm)
-        name = self._full_names.get(cache_key)
-        if name is None:
-            name = comm
+            # os.open/os.read, not open(): no buffered file object per process per cycle.
             try:
-                with open(f"{self.proc}/{pid}/cmdline", "rb") as handle:
-                    argv0 = handle.read().split(b"\x00", 1)[0].decode("utf-8", "replace")
-                candidate = os.path.basename(argv0.split(" ", 1)[0])
+                descriptor = open_(prefix + entry + "/stat", rdonly)
+            except OSError:
+                continue  # exited between listdir and open
+            try:
+                raw = read(descriptor, 4096)  # the line is well under 4 KiB
+            except OSError:
+                continue  # exited between open and read
+            finally:
+                close(descriptor)
+            close_paren = raw.rfind(b")")
+            fields = raw[close_paren + 2 :].split(None, 22)
+            if close_paren < 0 or len(fields) < 22:
+                continue
+            name = raw[raw.find(b"(") + 1 : close_paren]
+            if len(name) >= 15:
+                name = self._long_name(entry, fields[19], name, long_names)
+            table[(entry, fields[19])] = (name, int(fields[11]) + int(fields[12]), int(fields[21]))
+        self._long_names = long_names  # drops names of processes that are gone
+        return table
+
+    def _long_name(self, pid: str, start: bytes, comm: bytes, long_names: Dict) -> bytes:
+        # Like psutil: a comm of 15 bytes may be cut; argv[0] (its base name, or all of it for a
+        # process that rewrote its title) then gives the full name if it starts with comm.
+        cache_key = (pid, start, comm)
+        name = self._long_names.get(cache_key)
+        if name is None:
+            name = trim_cut_character(comm)
+            try:
+                descriptor = os.open(f"{self.proc}/{pid}/cmdline", os.O_RDONLY)
+                try:
+                    argv0 = os.read(descriptor, 4096).split(b"\x00", 1)[0]
+                finally:
+                    os.close(descriptor)
+            except OSError:
+                argv0 = b""
+            for candidate in (argv0.rsplit(b"/", 1)[-1], argv0):
                 if candidate.startswith(comm):
                     name = candidate
-            except OSError:
-                pass
-        full_names[cache_key] = name
+                    break
+        long_names[cache_key] = name
         return name
 
 
 class PsutilProcessScanner:
     """Portable scanner for macOS, Windows and BSDs."""
 
-    def scan(self) -> List[ProcessSample]:
-        samples = []
+    cpu_unit = 1.0
+    memory_unit = 1
+
+    def scan(self) -> ProcessTable:
+        table: ProcessTable = {}
+        psutil = load_psutil()
         for process in psutil.process_iter(["name", "cpu_times", "memory_info", "create_time"]):
             info = process.info
             if info["cpu_times"] is None or info["memory_info"] is None:
                 continue  # access denied: nothing to report
+            name = (info["name"] or "?").encode("utf-8", "surrogateescape")
             cpu = info["cpu_times"].user + info["cpu_times"].system
-            samples.append(
-                ProcessSample(
-                    (process.pid, info["create_time"] or 0.0), info["name"] or "?", cpu, info["memory_info"].rss
-                )
-            )
-        return samples
+            table[(process.pid, info["create_time"] or 0.0)] = (name, cpu, info["memory_info"].rss)
+        return table
 
 
 def top_apps(
-    previous: Optional[Dict[Tuple[int, float], ProcessSample]],
-    current: Iterable[ProcessSample],
+    previous: Optional[ProcessTable],
+    current: ProcessTable,
     elapsed: float,
     top_n: int,
+    *,
+    cpu_unit: float = 1.0,
+    memory_unit: int = 1,
 ) -> List[AppUsage]:
     """Sums processes by name and ranks by CPU over the last interval, then by memory.
 
     A process absent from the previous scan started during the interval, so all of its CPU time
     belongs to it; on the very first scan (no previous) nothing has a delta yet.
     """
-    cpu_by_name: Dict[str, float] = {}
-    memory_by_name: Dict[str, int] = {}
-    for sample in current:
-        if previous is None or elapsed <= 0:
-            used = 0.0
-        else:
-            before = previous.get(sample.key)
-            used = sample.cpu_seconds - (before.cpu_seconds if before is not None else 0.0)
-        cpu_by_name[sample.name] = cpu_by_name.get(sample.name, 0.0) + max(used, 0.0)
-        memory_by_name[sample.name] = memory_by_name.get(sample.name, 0) + sample.rss_bytes
-    scale = 100.0 / elapsed if previous is not None and elapsed > 0 else 0.0
+    cpu_by_name: Dict[bytes, float] = {}
+    memory_by_name: Dict[bytes, int] = {}
+    measured = previous is not None and elapsed > 0
+    before = (previous if measured else {}).get  # type: ignore[union-attr]
+    for key, (name, cpu, memory) in current.items():
+        used = 0.0
+        if measured:
+            earlier = before(key)
+            used = cpu - earlier[1] if earlier is not None else cpu
+            if used < 0:
+                used = 0.0
+        cpu_by_name[name] = cpu_by_name.get(name, 0.0) + used
+        memory_by_name[name] = memory_by_name.get(name, 0) + memory
+    scale = 100.0 * cpu_unit / elapsed if measured else 0.0
     ranked = sorted(cpu_by_name, key=lambda name: (cpu_by_name[name], memory_by_name[name], name), reverse=True)
-    return [AppUsage(name, round(cpu_by_name[name] * scale, 3), memory_by_name[name]) for name in ranked[:top_n]]
+    return [
+        AppUsage(label_safe(name.decode("utf-8", "surrogateescape")), round(cpu_by_name[name] * scale, 3),
+                 memory_by_name[name] * memory_unit)
+        for name in ranked[:top_n]
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Filesystems, disks, temperatures, battery
+# --------------------------------------------------------------------------------------------
+
+
+def real_filesystems(partitions: Iterable[Any], is_dir: Optional[Callable[[str], bool]] = None) -> List[Any]:
+    """The mounted filesystems worth reporting, at most MAX_FILESYSTEMS: block-device, ZFS and btrfs
+    filesystems and the root (a container's overlay included); no pseudo, image or network
+    filesystems (a hung NFS server must not stall the agent). A device mounted twice (bind mounts)
+    counts once, under its shortest mountpoint; a path mounted over (systemd's ProtectHome) counts as
+    what is on top; files bind-mounted into containers are skipped."""
+    is_dir = is_dir or os.path.isdir
+    visible: Dict[str, Any] = {}
+    for part in partitions:  # in mount order: a later mount on the same path hides the earlier one
+        visible[part.mountpoint] = part
+    chosen: Dict[str, Any] = {}
+    mountpoints = set()
+    for part in sorted(visible.values(), key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        root = part.mountpoint == "/"
+        storage = part.device.startswith("/dev/") or part.fstype in ("zfs", "btrfs")
+        if part.fstype in IMAGE_FILESYSTEMS or not (root or (storage and part.fstype not in PSEUDO_FILESYSTEMS)):
+            continue
+        key = part.device if part.device.startswith("/dev/") else f"mount:{part.mountpoint}"
+        if key in chosen or part.mountpoint in mountpoints or not is_dir(part.mountpoint):
+            continue
+        chosen[key] = part
+        mountpoints.add(part.mountpoint)
+        if len(chosen) == MAX_FILESYSTEMS:
+            break
+    return list(chosen.values())
+
+
+def filesystem_usage(psutil: Any) -> List[FilesystemUsage]:
+    usages = []
+    for part in real_filesystems(psutil.disk_partitions(all=True)):
+        try:
+            usage = psutil.disk_usage(part.mountpoint)
+        except OSError as err:  # unreadable, gone since the mount table was read, stale
+            log.debug("skipping filesystem %r: %s", part.mountpoint, err)
+            continue
+        if usage.total > 0:
+            usages.append(FilesystemUsage(part.mountpoint, usage.total, usage.free, usage.percent))
+    return usages
+
+
+def physical_disks(counters: Dict[str, Any], sys_block: str = "/sys/block") -> Dict[str, Any]:
+    """Whole physical disks only: Linux lists partitions in /proc/diskstats too, and loop, RAM,
+    zram and device-mapper disks have no device behind them in sysfs. Elsewhere psutil's list."""
+    if os.path.isdir(sys_block):
+        counters = {
+            name: value
+            for name, value in counters.items()
+            if os.path.exists(os.path.join(sys_block, name.replace("/", "!"), "device"))
+        }
+    return dict(sorted(counters.items())[:MAX_DISKS])
+
+
+def temperature_readings(sensors: Dict[str, List[Any]]) -> List[Tuple[str, float]]:
+    """(sensor, degrees Celsius) per reading: chip name, then its label when it has one (a
+    Raspberry Pi reports its SoC as cpu_thermal; without hwmon sensors psutil reads the thermal
+    zones). Two readings of one name (two NVMe drives) get #2, #3, ...; unreadable ones are skipped."""
+    readings: List[Tuple[str, float]] = []
+    seen: Dict[str, int] = {}
+    for chip, entries in sorted(sensors.items()):
+        for entry in entries:
+            if entry.current is None or not math.isfinite(entry.current):
+                continue
+            name = f"{chip}/{entry.label}" if entry.label else chip
+            seen[name] = seen.get(name, 0) + 1
+            readings.append((name if seen[name] == 1 else f"{name}#{seen[name]}", float(entry.current)))
+    return readings[:MAX_SENSORS]
+
+
+def read_temperatures(psutil: Any) -> List[Tuple[str, float]]:
+    read = getattr(psutil, "sensors_temperatures", None)  # absent on macOS and Windows
+    return temperature_readings(read()) if read else []
+
+
+def read_battery(psutil: Any) -> Optional[Any]:
+    read = getattr(psutil, "sensors_battery", None)
+    return read() if read else None
 
 
 class Sampler:
     """Takes one snapshot per cycle; CPU figures are deltas against the previous cycle."""
 
-    def __init__(self, top_n: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, top_n: int, clock: Callable[[], float] = time.monotonic, disabled: FrozenSet[str] = frozenset()
+    ) -> None:
+        self.psutil = psutil = load_psutil()
         self.top_n = top_n
         self.clock = clock
-        self.scanner = (
-            LinuxProcessScanner()
-            if sys.platform.startswith("linux") and os.path.isdir("/proc/self")
-            else PsutilProcessScanner()
-        )
-        self._previous: Optional[Dict[Tuple[int, float], ProcessSample]] = None
+        self.disabled = disabled
+        self._failing_groups: Dict[str, str] = {}
+        linux = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
+        self.scanner = LinuxProcessScanner() if linux else PsutilProcessScanner()
+        self._previous: Optional[ProcessTable] = None
         self._previous_time = 0.0
         self.boot_time = psutil.boot_time()  # fixed for the life of the process
         psutil.cpu_percent(interval=None)  # starts psutil's own delta for the total
 
     def sample(self) -> Snapshot:
+        psutil = self.psutil
         started = self.clock()
-        processes = self.scanner.scan() if self.top_n else []
-        elapsed = started - self._previous_time
-        apps = top_apps(self._previous, processes, elapsed, self.top_n) if self.top_n else []
-        self._previous = {p.key: p for p in processes}
+        processes = self.scanner.scan()
+        apps: List[AppUsage] = []
+        if self.top_n:
+            elapsed = started - self._previous_time
+            scanner = self.scanner
+            apps = top_apps(
+                self._previous,
+                processes,
+                elapsed,
+                self.top_n,
+                cpu_unit=scanner.cpu_unit,
+                memory_unit=scanner.memory_unit,
+            )
+        self._previous = processes
         self._previous_time = started
-        snapshot = Snapshot(
+        return Snapshot(
             cpu_percent=psutil.cpu_percent(interval=None),
             memory=psutil.virtual_memory(),
             swap=psutil.swap_memory(),
-            network=psutil.net_io_counters(pernic=True),
+            network=self._group("network", lambda: psutil.net_io_counters(pernic=True), {}),
             load_average=os.getloadavg() if hasattr(os, "getloadavg") else psutil.getloadavg(),
             apps=apps,
-            process_count=len(processes) if self.top_n else len(psutil.pids()),
+            processes=len(processes),
             boot_time=self.boot_time,
+            filesystems=self._group("disk", lambda: filesystem_usage(psutil), []),
+            disks=self._group("diskio", lambda: physical_disks(psutil.disk_io_counters(perdisk=True) or {}), {}),
+            temperatures=self._group("temperature", lambda: read_temperatures(psutil), []),
+            battery=self._group("battery", lambda: read_battery(psutil), None),
             collection_seconds=self.clock() - started,
         )
-        return snapshot
 
+    def _group(self, group: str, read: Callable[[], Any], empty: Any) -> Any:
+        """One metric group's reading; a group that cannot be read is left out of the push (one
+        warning per kind of failure, not one per cycle) and the others still go out."""
+        if group in self.disabled:
+            return empty
+        try:
+            value = read()
+        except (OSError, ValueError, RuntimeError) as err:
+            if self._failing_groups.get(group) != str(err):
+                log.warning("cannot read the %s metrics, leaving them out: %s", group, err)
+            self._failing_groups[group] = str(err)
+            return empty
+        self._failing_groups.pop(group, None)
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Exposition (text format 0.0.4)
+# --------------------------------------------------------------------------------------------
 
 NETWORK_COUNTERS = (
-    ("network_receive_bytes", "bytes_recv", "Bytes received on the interface."),
-    ("network_transmit_bytes", "bytes_sent", "Bytes sent on the interface."),
-    ("network_receive_packets", "packets_recv", "Packets received on the interface."),
-    ("network_transmit_packets", "packets_sent", "Packets sent on the interface."),
-    ("network_receive_errors", "errin", "Receive errors on the interface."),
-    ("network_transmit_errors", "errout", "Transmit errors on the interface."),
+    ("network_receive_bytes_total", "bytes_recv", "Bytes received on the interface."),
+    ("network_transmit_bytes_total", "bytes_sent", "Bytes sent on the interface."),
+    ("network_receive_packets_total", "packets_recv", "Packets received on the interface."),
+    ("network_transmit_packets_total", "packets_sent", "Packets sent on the interface."),
+    ("network_receive_errors_total", "errin", "Receive errors on the interface."),
+    ("network_transmit_errors_total", "errout", "Transmit errors on the interface."),
 )
 
 
-class DeviceCollector:
-    """prometheus_client collector over the latest snapshot: apps and interfaces come and go, so the
-    families are built fresh from each snapshot instead of being kept as labelled gauges."""
+DISK_COUNTERS = (
+    ("disk_read_bytes_total", "read_bytes", "Bytes read from the disk."),
+    ("disk_written_bytes_total", "write_bytes", "Bytes written to the disk."),
+    ("disk_reads_completed_total", "read_count", "Read operations completed on the disk."),
+    ("disk_writes_completed_total", "write_count", "Write operations completed on the disk."),
+)
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_value(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isfinite(value):
+        return repr(float(value))
+    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+
+
+class Exposition:
+    """Renders a snapshot as the text format. Written here rather than with prometheus_client:
+    importing that library alone costs the agent about 14 MB of memory and 130 ms of start-up,
+    more than everything else together, for what is a few lines of formatting."""
 
     def __init__(self, device_serial: str, hostname: str, interval: float) -> None:
-        self.identity = [label_safe(device_serial), label_safe(hostname)]
+        self.labels = (
+            f'device_serial="{escape_label_value(label_safe(device_serial))}",'
+            f'hostname="{escape_label_value(label_safe(hostname))}"'
+        )
         self.interval = interval
-        self.snapshot: Optional[Snapshot] = None
         self.push_failures = 0
 
-    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, documentation, labels=["device_serial", "hostname"])
-        family.add_metric(self.identity, value)
-        return family
+    def render(self, snap: Optional[Snapshot]) -> bytes:
+        lines: List[str] = []
+        self._one(
+            lines, "push_monitor_interval_seconds", "gauge", "The agent's push interval in seconds.", self.interval
+        )
+        self._family(lines, "push_monitor_info", "gauge", "Agent version.", [(f',version="{__version__}"', 1)])
+        self._one(
+            lines, "push_monitor_push_failures_total", "counter", "Pushes that failed since the agent started.",
+            self.push_failures,
+        )  # fmt: skip
+        if snap is not None:
+            self._snapshot(lines, snap)
+        lines.append("")
+        return "\n".join(lines).encode("utf-8")
 
-    def collect(self) -> Iterator[object]:
-        snap = self.snapshot
-        gauge = self._gauge
-        yield gauge("push_monitor_interval_seconds", "The agent's push interval in seconds.", self.interval)
-        info = GaugeMetricFamily("push_monitor_info", "Agent version.", labels=["device_serial", "hostname", "version"])
-        info.add_metric(self.identity + [__version__], 1)
-        yield info
-        failures = CounterMetricFamily(
-            "push_monitor_push_failures",
-            "Pushes that failed since the agent started.",
-            labels=["device_serial", "hostname"],
-        )
-        failures.add_metric(self.identity, self.push_failures)
-        yield failures
-        if snap is None:
-            return
-        yield gauge(
-            "push_monitor_collection_duration_seconds", "Time the last collection took.", snap.collection_seconds
-        )
-        yield gauge("total_cpu_usage_percent", "CPU usage over all cores since the last push, 0-100.", snap.cpu_percent)
-        yield gauge("total_memory_usage_percent", "Memory in use, percent of total.", snap.memory.percent)
-        yield gauge("memory_total_bytes", "Total physical memory.", snap.memory.total)
-        yield gauge(
-            "memory_available_bytes", "Memory available to new processes without swapping.", snap.memory.available
-        )
-        yield gauge(
-            "memory_used_bytes", "Memory in use (total - available).", snap.memory.total - snap.memory.available
-        )
-        yield gauge("swap_total_bytes", "Total swap space.", snap.swap.total)
-        yield gauge("swap_used_bytes", "Swap space in use.", snap.swap.used)
+    def _snapshot(self, lines: List[str], snap: Snapshot) -> None:
+        one = self._one
+        one(lines, "push_monitor_collection_duration_seconds", "gauge", "Time the last collection took.",
+            snap.collection_seconds)  # fmt: skip
+        one(lines, "total_cpu_usage_percent", "gauge", "CPU usage over all cores since the last push, 0-100.",
+            snap.cpu_percent)  # fmt: skip
+        memory, swap = snap.memory, snap.swap
+        one(lines, "total_memory_usage_percent", "gauge", "Memory in use, percent of total.", memory.percent)
+        one(lines, "memory_total_bytes", "gauge", "Total physical memory.", memory.total)
+        one(lines, "memory_available_bytes", "gauge", "Memory available to new processes without swapping.",
+            memory.available)  # fmt: skip
+        one(lines, "memory_used_bytes", "gauge", "Memory in use (total - available).", memory.total - memory.available)
+        one(lines, "swap_total_bytes", "gauge", "Total swap space.", swap.total)
+        one(lines, "swap_used_bytes", "gauge", "Swap space in use.", swap.used)
         for minutes, value in zip((1, 5, 15), snap.load_average):
-            yield gauge(f"load_average_{minutes}m", f"System load average over {minutes} minute(s).", value)
-        yield gauge("boot_time_seconds", "Unix time the system booted.", snap.boot_time)
-        yield gauge("process_count", "Processes running on the device.", snap.process_count)
-        yield from self._app_families(snap.apps)
-        yield from self._network_families(snap.network)
-
-    def _app_families(self, apps: List[AppUsage]) -> Iterator[object]:
-        labels = ["device_serial", "hostname", "app"]
-        cpu = GaugeMetricFamily(
-            "app_cpu_usage_percent",
-            "CPU of the top apps by CPU, processes of one name summed; percent of one core.",
-            labels=labels,
-        )
-        memory = GaugeMetricFamily(
-            "app_memory_usage_mb", "Resident memory of the top apps by CPU in MiB.", labels=labels
-        )
-        for app in apps:
-            cpu.add_metric(self.identity + [label_safe(app.name)], app.cpu_percent)
-            memory.add_metric(self.identity + [label_safe(app.name)], round(app.memory_bytes / 1048576, 3))
-        yield cpu
-        yield memory
-
-    def _network_families(self, network: Dict[str, object]) -> Iterator[object]:
-        labels = ["device_serial", "hostname", "interface"]
+            one(lines, f"load_average_{minutes}m", "gauge", f"System load average over {minutes} minute(s).", value)
+        one(lines, "boot_time_seconds", "gauge", "Unix time the system booted.", snap.boot_time)
+        one(lines, "system_processes", "gauge", "Processes on the device.", snap.processes)
+        apps = [(f',app="{escape_label_value(app.name)}"', app) for app in snap.apps]
+        self._family(lines, "app_cpu_usage_percent", "gauge",
+                     "CPU of the top apps by CPU, processes of one name summed; percent of one core.",
+                     [(labels, app.cpu_percent) for labels, app in apps])  # fmt: skip
+        # The name breaks the base-unit convention on purpose: dashboards and rules read it by name.
+        self._family(lines, "app_memory_usage_mb", "gauge", "Resident memory of the top apps by CPU in MiB.",
+                     [(labels, round(app.memory_bytes / 1048576, 3)) for labels, app in apps])  # fmt: skip
+        interfaces = [
+            (f',interface="{escape_label_value(label_safe(name))}"', counters)
+            for name, counters in sorted(snap.network.items())
+        ]
         for name, attribute, documentation in NETWORK_COUNTERS:
-            family = CounterMetricFamily(name, documentation, labels=labels)
-            for interface, counters in sorted(network.items()):
-                family.add_metric(self.identity + [label_safe(interface)], getattr(counters, attribute))
-            yield family
+            self._present_family(lines, name, "counter", documentation,
+                         [(labels, getattr(counters, attribute)) for labels, counters in interfaces])  # fmt: skip
+        self._hardware(lines, snap)
+
+    def _hardware(self, lines: List[str], snap: Snapshot) -> None:
+        """Families of hardware that may be absent (no disks in sysfs, no sensors, no battery) or
+        disabled: written only with samples, so absent hardware is an absent series."""
+        family = self._present_family
+        mounts = [(self._label("mountpoint", fs.mountpoint), fs) for fs in snap.filesystems]
+        family(lines, "disk_usage_percent", "gauge", "Filesystem space in use, percent of what users can use (as df).",
+               [(labels, fs.usage_percent) for labels, fs in mounts])  # fmt: skip
+        family(lines, "disk_size_bytes", "gauge", "Filesystem size.",
+               [(labels, fs.size_bytes) for labels, fs in mounts])  # fmt: skip
+        family(lines, "disk_available_bytes", "gauge", "Filesystem space available to unprivileged users.",
+               [(labels, fs.available_bytes) for labels, fs in mounts])  # fmt: skip
+        disks = [(self._label("disk", name), counters) for name, counters in sorted(snap.disks.items())]
+        for name, attribute, documentation in DISK_COUNTERS:
+            family(lines, name, "counter", documentation,
+                   [(labels, getattr(counters, attribute)) for labels, counters in disks])  # fmt: skip
+        family(lines, "temperature_celsius", "gauge", "Temperature the sensor reports, degrees Celsius.",
+               [(self._label("sensor", name), value) for name, value in snap.temperatures])  # fmt: skip
+        battery = snap.battery
+        if battery is not None:
+            family(lines, "battery_percent", "gauge", "Battery charge, percent.", [("", float(battery.percent))])
+            if battery.power_plugged is not None:
+                family(lines, "battery_power_plugged", "gauge", "1 while on external power (AC), 0 on battery.",
+                       [("", int(bool(battery.power_plugged)))])  # fmt: skip
+
+    @staticmethod
+    def _label(name: str, value: str) -> str:
+        return f',{name}="{escape_label_value(label_safe(value))}"'
+
+    def _present_family(
+        self, lines: List[str], name: str, kind: str, documentation: str, samples: Sequence[Tuple[str, float]]
+    ) -> None:
+        if samples:
+            self._family(lines, name, kind, documentation, samples)
+
+    def _one(self, lines: List[str], name: str, kind: str, documentation: str, value: float) -> None:
+        self._family(lines, name, kind, documentation, [("", value)])
+
+    def _family(
+        self, lines: List[str], name: str, kind: str, documentation: str, samples: Sequence[Tuple[str, float]]
+    ) -> None:
+        lines.append(f"# HELP {name} {documentation}")
+        lines.append(f"# TYPE {name} {kind}")
+        for extra_labels, value in samples:
+            lines.append(f"{name}{{{self.labels}{extra_labels}}} {format_value(value)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -734,59 +1085,189 @@ class DeviceCollector:
 def grouping_path(job: str, device_serial: str) -> str:
     """The Pushgateway URL path for the device's group.
 
-    Values that are not plain are sent in the gateway's base64 form: prometheus_client's own
-    escaping sends a space as '+', which the gateway keeps literally, and cannot carry '/' on old
-    releases; base64 round-trips every UTF-8 value exactly.
+    Values that are not plain are sent in the gateway's base64 form: "." and ".." would be
+    resolved as path steps (answered with a redirect), a space or "/" would change the path, and
+    prometheus_client's own escaping sends a space as '+', which the gateway keeps literally.
+    base64 round-trips every UTF-8 value exactly; the empty value is "=", as the gateway defines.
     """
     segments = []
     for label, value in (("job", job), ("device_serial", device_serial)):
-        if PLAIN_GROUPING_VALUE.fullmatch(value):
+        if PLAIN_GROUPING_VALUE.fullmatch(value) and value not in (".", ".."):
             segments.append(f"{label}/{value}")
         else:
-            encoded = base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii")
+            encoded = base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii") or "="
             segments.append(f"{label}@base64/{encoded}")
     return "/metrics/" + "/".join(segments)
 
 
+class ProtocolError(Exception):
+    """The server's answer is not HTTP/1.x as the agent can read it."""
+
+
+class Deadline:
+    """One bound for a whole request: every connect, send and receive gets what is left of it,
+    so a server that trickles bytes cannot stretch a request beyond the timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def arm(self, sock: socket.socket) -> None:
+        remaining = self.end - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        sock.settimeout(remaining)
+
+
+class Response(NamedTuple):
+    status: int
+    reason: str
+    body: bytes
+    reusable: bool  # the body was read to its end and the server keeps the connection
+
+
+class ResponseReader:
+    """Reads one answer from a socket: the head, and the body only when its end is known and
+    within MAX_RESPONSE_BODY. Anything else (a body without a length, a long one, bytes beyond
+    the answer) is left unread and the connection marked not reusable, so the next request
+    never starts out of step."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.buffer = b""
+
+    def _fill(self) -> None:
+        self.deadline.arm(self.sock)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self.buffer += chunk
+
+    def _take_until(self, marker: bytes, limit: int) -> bytes:
+        while True:
+            found = self.buffer.find(marker)
+            if 0 <= found <= limit:
+                taken, self.buffer = self.buffer[:found], self.buffer[found + len(marker) :]
+                return taken
+            if len(self.buffer) > limit:
+                raise ProtocolError(f"no end of line within {limit} bytes")
+            self._fill()
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        taken, self.buffer = self.buffer[:size], self.buffer[size:]
+        return taken
+
+    def read(self, method: str) -> Response:
+        while True:
+            status, reason, headers, keep_alive = self._head()
+            if status >= 200:
+                break
+            if status == 101:
+                raise ProtocolError("the server switched protocols")  # 100 Continue and the like are skipped
+        if method == "HEAD" or status in (204, 304):
+            return Response(status, reason, b"", keep_alive and not self.buffer)
+        body, complete = self._body(headers)
+        return Response(status, reason, body, keep_alive and complete and not self.buffer)
+
+    def _head(self) -> Tuple[int, str, Dict[str, str], bool]:
+        head = self._take_until(b"\r\n\r\n", MAX_RESPONSE_HEAD).decode("latin-1")
+        status_line, *header_lines = head.split("\r\n")
+        match = re.fullmatch(r"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?", status_line)
+        if match is None:
+            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        headers: Dict[str, str] = {}
+        for line in header_lines:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ProtocolError(f"malformed header line: {line[:80]!r}")
+            name = name.strip().lower()
+            if name in headers and name in ("content-length", "transfer-encoding"):
+                raise ProtocolError(f"repeated {name} header")
+            headers[name] = value.strip()
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection and (match.group(1) == "1" or "keep-alive" in connection)
+        return int(match.group(2)), match.group(3) or "", headers, keep_alive
+
+    def _body(self, headers: Dict[str, str]) -> Tuple[bytes, bool]:
+        """The body and whether it was read to its end; an unframed or long body is not read."""
+        if "transfer-encoding" in headers:
+            if headers["transfer-encoding"].lower() != "chunked":
+                return self.buffer[:MAX_RESPONSE_BODY], False
+            return self._chunked()
+        length = headers.get("content-length")
+        if length is None:
+            return self.buffer[:MAX_RESPONSE_BODY], False  # ends when the server closes: do not wait
+        if not length.isdigit():
+            raise ProtocolError(f"bad Content-Length {length[:40]!r}")
+        if int(length) > MAX_RESPONSE_BODY:
+            return self.buffer[:MAX_RESPONSE_BODY], False
+        return self._take(int(length)), True
+
+    def _chunked(self) -> Tuple[bytes, bool]:
+        body = b""
+        while True:
+            size_line = self._take_until(b"\r\n", 1024).split(b";", 1)[0].strip()
+            try:
+                size = int(size_line, 16)
+            except ValueError:
+                raise ProtocolError(f"bad chunk size {size_line[:40]!r}") from None
+            if size == 0:
+                while self._take_until(b"\r\n", MAX_RESPONSE_HEAD):  # trailers, up to the empty line
+                    pass
+                return body, True
+            if len(body) + size > MAX_RESPONSE_BODY:
+                return body, False
+            body += self._take(size)
+            if self._take(2) != b"\r\n":
+                raise ProtocolError("chunk not followed by CRLF")
+
+
 class PushgatewayClient:
     """PUT/DELETE one group over a kept-alive connection (a new TLS handshake every second would
-    cost more than the collection itself)."""
+    cost more than the collection itself).
+
+    Each request is one attempt bounded by the timeout as a whole; whatever goes wrong, the
+    connection is dropped, and the next request (at the next slot) starts on a fresh one.
+    """
 
     def __init__(self, config: Config, device_serial: str) -> None:
         parts = urlsplit(config.pushgateway_url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (443 if self.https else 80)
-        self.path = parts.path.rstrip("/") + grouping_path(config.job, device_serial)
+        self.path = parts.path + grouping_path(config.job, device_serial)
         self.timeout = config.timeout
-        self.headers = {"Content-Type": EXPOSITION_CONTENT_TYPE, "User-Agent": f"{PROG}/{__version__}"}
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default_port = 443 if self.https else 80
+        headers = {
+            "Host": host if self.port == default_port else f"{host}:{self.port}",
+            "User-Agent": f"{PROG}/{__version__}",
+        }
         if config.username is not None:
             token = base64.b64encode(f"{config.username}:{config.password}".encode()).decode("ascii")
-            self.headers["Authorization"] = "Basic " + token
+            headers["Authorization"] = "Basic " + token
+        self.headers = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         self.ssl_context = self._ssl_context(config) if self.https else None
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._socket: Optional[socket.socket] = None
 
     @staticmethod
-    def _ssl_context(config: Config) -> ssl.SSLContext:
+    def _ssl_context(config: Config) -> object:
+        import ssl  # noqa: PLC0415 - only for https: a plain-http device never pays for OpenSSL
+
         context = ssl.create_default_context(cafile=config.ca_file)
         if config.client_cert:
             context.load_cert_chain(config.client_cert, config.client_key)
         return context
 
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._connection is None:
-            if self.https:
-                self._connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.ssl_context
-                )
-            else:
-                self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return self._connection
-
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._socket is not None:
+            try:
+                self._socket.close()
+            finally:
+                self._socket = None
 
     def push(self, body: bytes) -> None:
         self._request("PUT", body)
@@ -795,48 +1276,94 @@ class PushgatewayClient:
         self._request("DELETE", None)
 
     def _request(self, method: str, body: Optional[bytes]) -> None:
-        # A kept-alive connection may have been closed by the gateway (restart, idle timeout): one
-        # immediate retry on a fresh connection tells that apart from a real outage.
-        for attempt in (1, 2):
+        deadline = Deadline(self.timeout)
+        head = f"{method} {self.path} HTTP/1.1\r\n{self.headers}"
+        if body is not None:
+            head += f"Content-Type: {EXPOSITION_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+        request = (head + "\r\n").encode("ascii") + (body or b"")
+        try:
+            sock = self._connection(deadline)
+            deadline.arm(sock)
+            sock.sendall(request)  # the timeout bounds the whole sendall
+            response = ResponseReader(sock, deadline).read(method)
+        except BaseException as err:  # ShutdownRequested included: a half-done exchange is never reused
+            self.close()
+            if isinstance(err, Exception):
+                raise self._failure(err) from None
+            raise
+        if not response.reusable:
+            self.close()
+        self._check(response)
+
+    def _connection(self, deadline: Deadline) -> socket.socket:
+        if self._socket is not None and self._stale(self._socket):
+            self.close()
+        if self._socket is None:
+            self._socket = self._connect(deadline)
+        return self._socket
+
+    @staticmethod
+    def _stale(sock: socket.socket) -> bool:
+        """Between requests an idle connection has nothing to say: readable means the server closed
+        it (or sent bytes nobody asked for), so it is not reused."""
+        pending = getattr(sock, "pending", None)
+        return bool(pending and pending()) or bool(select.select([sock], [], [], 0)[0])
+
+    def _connect(self, deadline: Deadline) -> socket.socket:
+        # Name resolution is the system resolver's, outside the deadline (see docs/agent.md).
+        last_error: Optional[OSError] = None
+        for family, kind, protocol, _, address in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, protocol)
             try:
-                connection = self._connect()
-                connection.request(method, self.path, body=body, headers=self.headers)
-                response = connection.getresponse()
-                detail = response.read(512).decode("utf-8", "replace").strip()
-                if response.will_close:
-                    self.close()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as err:
-                self.close()
-                if attempt == 2:
-                    raise PushError(f"connection lost: {err}", "connection") from None
-            except ssl.SSLError as err:
-                self.close()
-                raise PushError(f"TLS error: {err.reason or err}", "tls") from None
+                deadline.arm(sock)
+                sock.connect(address)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    deadline.arm(sock)
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+                return sock
             except socket.timeout:
-                self.close()
-                raise PushError(f"no answer within {self.timeout:g} s", "timeout") from None
+                sock.close()
+                raise
             except OSError as err:
-                self.close()
-                raise PushError(f"cannot connect: {err.strerror or err}", "connection") from None
-            except http.client.HTTPException as err:
-                self.close()
-                raise PushError(f"bad HTTP response: {err!r}", "protocol") from None
+                sock.close()
+                last_error = err
+        raise last_error or OSError(f"no address for {self.host}")
+
+    def _failure(self, err: Exception) -> PushError:
+        if isinstance(err, socket.timeout):
+            return PushError(f"no complete answer within {self.timeout:g} s", "timeout")
+        if isinstance(err, ProtocolError):
+            return PushError(f"bad HTTP response: {err}", "protocol")
+        if self.https and type(err).__module__ == "ssl":
+            return PushError(f"TLS error: {getattr(err, 'reason', None) or err}", "tls")
+        if isinstance(err, socket.gaierror):
+            return PushError(f"cannot resolve {self.host}: {err.strerror or err}", "connection")
+        if isinstance(err, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return PushError(f"connection lost: {err.strerror or err}", "connection")
+        if isinstance(err, OSError):
+            return PushError(f"cannot connect: {err.strerror or err}", "connection")
+        return PushError(f"bad HTTP response: {err!r}", "protocol")
+
+    @staticmethod
+    def _check(response: Response) -> None:
         if response.status in (401, 403):
             raise PushError(f"authentication failed (HTTP {response.status}): check the username and password", "auth")
         if not 200 <= response.status < 300:
-            raise PushError(f"HTTP {response.status} {response.reason}: {detail[:200]}", f"http-{response.status}")
+            detail = response.body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+            raise PushError(f"HTTP {response.status} {response.reason}: {detail}", f"http-{response.status}")
 
 
-def require_dependencies() -> None:
-    missing = [
-        name for name, module in (("psutil", psutil), ("prometheus_client", CollectorRegistry)) if module is None
-    ]
-    if missing:
+def load_psutil() -> Any:
+    """psutil, imported on first use: --print-serial runs before the role installs it, and the
+    signal handlers are in place before its import."""
+    try:
+        import psutil  # noqa: PLC0415
+    except ImportError:
         raise ConfigError(
-            f"missing Python package(s): {', '.join(missing)} (pip install -r files/requirements.txt, "
-            "or apt install python3-psutil python3-prometheus-client)"
-        )
+            "missing Python package: psutil (pip install -r files/requirements.txt, or apt install python3-psutil)"
+        ) from None
+    return psutil
 
 
 class Agent:
@@ -847,31 +1374,33 @@ class Agent:
         config: Config,
         device_serial: str,
         hostname: Optional[str] = None,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        signals: Optional[Signals] = None,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.sampler = Sampler(config.top_n, clock)
-        self.collector = DeviceCollector(device_serial, hostname or socket.gethostname(), config.interval)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
+        self.sleep = sleep
+        self.signals = signals or Signals()
+        self.sampler = Sampler(config.top_n, clock, config.disabled)
+        self.exposition = Exposition(device_serial, hostname or socket.gethostname(), config.interval)
         self.client = PushgatewayClient(config, device_serial)
-        self.stop = threading.Event()
         self._outage_kind: Optional[str] = None
         self._outage_started = 0.0
         self._failed_attempts = 0
+        self._hangups_logged = 0
 
     def collect(self) -> bytes:
-        self.collector.snapshot = self.sampler.sample()
-        return generate_latest(self.registry)
+        return self.exposition.render(self.sampler.sample())
 
     def push_once(self) -> bool:
-        """One cycle: collect, push, and log only the transitions between healthy and failing."""
+        """One cycle: collect, push once, and log only the transitions between healthy and failing."""
         body = self.collect()
         try:
             self.client.push(body)
         except PushError as err:
-            self.collector.push_failures += 1
+            self.exposition.push_failures += 1
             self._note_failure(err)
             return False
         if self._outage_kind is not None:
@@ -890,7 +1419,7 @@ class Agent:
             self._outage_started = self.clock()
         if err.kind != self._outage_kind:
             log.error(
-                "push to %s failed: %s; retrying with backoff, next message on recovery or a different error",
+                "push to %s failed: %s; trying again each interval, next message on recovery or a different error",
                 self.config.pushgateway_url,
                 err,
             )
@@ -899,36 +1428,29 @@ class Agent:
         self._outage_kind = err.kind
         self._failed_attempts += 1
 
-    def retry_delay(self) -> float:
-        """Capped exponential backoff with jitter. The cap is the interval itself, so a returning
-        gateway gets its first push within one interval and never more load than normal."""
-        first = min(1.0, self.config.interval / 4)
-        ceiling = min(self.config.interval, first * 2 ** (self._failed_attempts - 1))
-        return ceiling * random.uniform(0.5, 1.0)
-
     def run(self, max_cycles: Optional[int] = None) -> None:
+        """One attempt per slot, whether the last one worked or not: an outage never costs the
+        gateway more requests than health, and a returning gateway gets the next slot's push."""
         interval = self.config.interval
         started = self.clock()
         # The first push waits a moment so its CPU figures are real deltas, not zeros.
         next_slot = started + min(interval, 1.0)
         cycles = 0
-        while not self.stop.is_set() and (max_cycles is None or cycles < max_cycles):
-            self._sleep_until(next_slot)
-            if self.stop.is_set():
-                break
-            ok = self.push_once()
+        while max_cycles is None or cycles < max_cycles:
+            self.signals.check()
+            remaining = next_slot - self.clock()
+            if remaining > 0:
+                self.sleep(remaining)
+            self._log_hangups()
+            self.push_once()
             cycles += 1
-            now = self.clock()
-            if ok:
-                # Next slot on the fixed grid; slots missed by a slow cycle are skipped, not bursted.
-                next_slot = started + (math.floor((now - started) / interval) + 1) * interval
-            else:
-                next_slot = now + self.retry_delay()
+            # Next slot on the fixed grid; slots missed by a slow cycle are skipped, not bursted.
+            next_slot = started + (math.floor((self.clock() - started) / interval) + 1) * interval
 
-    def _sleep_until(self, deadline: float) -> None:
-        remaining = deadline - self.clock()
-        if remaining > 0:
-            self.stop.wait(remaining)
+    def _log_hangups(self) -> None:
+        if self.signals.hangups != self._hangups_logged:
+            self._hangups_logged = self.signals.hangups
+            log.info("SIGHUP ignored: settings come from flags and the environment; restart the agent to change them")
 
     def delete_group(self) -> bool:
         try:
@@ -945,24 +1467,9 @@ class Agent:
 # --------------------------------------------------------------------------------------------
 
 
-def install_signal_handlers(agent: Agent) -> None:
-    def handle(signum: int, _frame: object) -> None:
-        if agent.stop.is_set():
-            return  # already shutting down: let the group deletion finish
-        agent.stop.set()
-        raise ShutdownRequested(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-
-
-def prime(agent: Agent) -> None:
-    """For single-shot modes: a short baseline so CPU percentages are measured, not zero."""
-    agent.sampler.sample()
-    agent.stop.wait(min(agent.config.interval, 0.5))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    signals = Signals()
+    signals.install(EARLY_SIGNALS)  # first: a signal during start-up is a clean stop, never a kill
     try:
         config = parse_config(argv)
         logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -970,7 +1477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             serial, source = resolve_device_serial(config.device_serial, config.state_dir)
             print(json.dumps({"device_serial": serial, "source": source}))
             return 0
-        require_dependencies()
+        load_psutil()
         serial, source = resolve_device_serial(config.device_serial, config.state_dir)
     except ConfigError as err:
         sys.stderr.write(f"{PROG}: error: {err}\n")
@@ -986,24 +1493,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config.pushgateway_url,
         config.interval,
     )
-    agent = Agent(config, serial)
-    install_signal_handlers(agent)
+    agent = Agent(config, serial, signals=signals)
+    return run_mode(agent, config, signals)
+
+
+def run_mode(agent: Agent, config: Config, signals: Signals) -> int:
+    status = 0
     try:
+        if config.print_only or config.once:
+            # A short baseline so CPU percentages are measured, not zero.
+            agent.sampler.sample()
+            signals.interruptible(lambda: agent.sleep(min(config.interval, 0.5)))
         if config.print_only:
-            prime(agent)
             sys.stdout.write(agent.collect().decode("utf-8"))
-            return 0
-        if config.once:
-            prime(agent)
-            return 0 if agent.push_once() else 1
-        agent.run()
+        elif config.once:
+            outcome: List[bool] = []
+            signals.interruptible(lambda: outcome.append(agent.push_once()))
+            status = 0 if outcome[0] else 1
+        else:
+            signals.interruptible(agent.run)
     except ShutdownRequested as reason:
         log.info("%s received, stopping", reason)
-    if config.delete_on_exit:
-        agent.client.close()
-        agent.delete_group()
     agent.client.close()
-    return 0
+    if config.delete_on_exit and not config.print_only:
+        # Not interruptible: a further signal is recorded and the deletion, bounded by the
+        # timeout, still finishes.
+        agent.delete_group()
+        agent.client.close()
+    return status
 
 
 if __name__ == "__main__":

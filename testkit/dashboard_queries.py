@@ -98,6 +98,13 @@ def dropdown(prometheus: Datasource, dashboards: List[Dict[str, Any]]) -> List[s
     raise SystemExit("no dashboard defines the device_serial variable")
 
 
+def hardware_pushed(prometheus: Datasource, expr: str, serial: str, hardware_metrics: List[str]) -> bool:
+    """False when expr reads a hardware-dependent metric that no device (or not this serial) pushed."""
+    used = [name for name in hardware_metrics if re.search(rf"\b{re.escape(name)}\b", expr)]
+    selector = f'{{device_serial="{serial}"}}' if serial else ""
+    return not used or any(prometheus.api("query", {"query": f"count({name}{selector})"})["result"] for name in used)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
@@ -106,6 +113,12 @@ def main() -> int:
     parser.add_argument("--serial", action="append", default=[], help="a device serial (repeat)")
     parser.add_argument("--scrape-interval-seconds", type=int, default=1, help="the datasource's timeInterval")
     parser.add_argument("--skip", action="append", default=[], help="skip queries containing this text")
+    parser.add_argument(
+        "--hardware-metric",
+        action="append",
+        default=[],
+        help="a metric only some hardware has (repeat): its queries must return data when a device pushed it",
+    )
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args()
 
@@ -118,7 +131,7 @@ def main() -> int:
         "__rate_interval": rate_interval(STEP_SECONDS, scrape),
         "__range": f"{RANGE_SECONDS}s",
     }
-    queries: List[Tuple[str, bool, str]] = []
+    queries: List[Tuple[str, bool, str, str]] = []
     for dashboard in dashboards:
         uses_device = "$device_serial" in json.dumps(dashboard)
         for serial in args.serial if uses_device else [""]:
@@ -130,9 +143,10 @@ def main() -> int:
                     raise SystemExit(str(err)) from err
                 if not any(text in expr for text in args.skip):
                     label = f"{dashboard['title']} / {panel['title']}" + (f" / {serial}" if serial else "")
-                    queries.append((label, bool(target.get("instant")), expr))
+                    queries.append((label, bool(target.get("instant")), expr, serial))
 
-    pending = list(queries)
+    absent = [q for q in queries if not hardware_pushed(prometheus, q[2], q[3], args.hardware_metric)]
+    pending = [q[:3] for q in queries if q not in absent]
     deadline = time.monotonic() + args.timeout
     while pending and time.monotonic() < deadline:
         pending = [q for q in pending if not has_data(prometheus, q[2], q[1])]
@@ -143,6 +157,8 @@ def main() -> int:
             "dropdown": dropdown(prometheus, dashboards),
             "checked": len(queries),
             "missing": [f"{label}: {expr}" for label, _, expr in pending],
+            # Queries of hardware no device here has (sensors in containers): valid, and empty.
+            "absent_hardware": [f"{label}: {expr}" for label, instant, expr, _ in absent],
         },
         sys.stdout,
     )

@@ -18,6 +18,7 @@ from testkit.web import http_get
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
+ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 RENDER_PLAYBOOK = ROOT / "playbooks" / "render-server-config.yml"
 COMPOSE_VARS = ROOT / "server" / "compose-vars.yml"
 COMMITTED_RENDER = ROOT / "server" / "compose"
@@ -104,3 +105,45 @@ class Prometheus:
     def range(self, expr: str, seconds: float, step: float) -> List[Dict[str, Any]]:
         end = time.time()
         return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
+
+
+class Alertmanager:
+    """A real Alertmanager (Debian's binary) with the roles' rendered flags and config, storage in
+    workdir, on the given loopback port (Prometheus' rendered config names it before it starts)."""
+
+    def __init__(self, workdir: Path, render: Path, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = workdir / "alertmanager.log"
+        storage = workdir / "alertmanager"
+        storage.mkdir(parents=True, exist_ok=True)
+        self.args = replace_flags(
+            read_flags(render / "flags" / "alertmanager.env"),
+            {
+                "--config.file": str(render / "alertmanager" / "alertmanager.yml"),
+                "--storage.path": str(storage),
+                "--web.listen-address": f"127.0.0.1:{port}",
+            },
+        )
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [ALERTMANAGER_BIN, *self.args], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+        )
+        wait_until(self.ready, 30, 0.2, message=f"alertmanager on {self.url} (log: {self.log})")
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"alertmanager exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+        try:
+            http_get(self.url + "/-/ready", 0.5)
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_process(self.process, 15)
+        self.process = None
+
+    def alert_groups(self) -> List[Dict[str, Any]]:
+        return json.loads(http_get(self.url + "/api/v2/alerts/groups", 5))

@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import pytest
 
@@ -22,7 +24,20 @@ PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus
 
 sys.path.insert(0, str(AGENT.parent))
 # Imported from here by the test modules (one import line for the fixtures and these helpers).
-__all__ = ["ROOT", "free_port", "processes_marked", "stop_process", "wait_until"]
+__all__ = ["ROOT", "LoopbackHTTPServer", "free_port", "processes_marked", "stop_process", "wait_until"]
+
+
+class LoopbackHTTPServer:
+    """A ThreadingHTTPServer on a free loopback port, serving from a daemon thread."""
+
+    def __init__(self, handler: Type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Pushgateway:
@@ -108,7 +123,7 @@ def agent_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     agent_vars = {
         "PUSHGATEWAY_URL", "PUSH_INTERVAL", "DEVICE_JOB", "TOP_N", "DEVICE_SERIAL", "PUSH_TIMEOUT", "LOG_LEVEL",
         "PUSHGATEWAY_USERNAME", "PUSHGATEWAY_PASSWORD", "PUSHGATEWAY_PASSWORD_FILE", "PUSHGATEWAY_CA_FILE",
-        "PUSHGATEWAY_CLIENT_CERT", "PUSHGATEWAY_CLIENT_KEY", "STATE_DIRECTORY",
+        "PUSHGATEWAY_CLIENT_CERT", "PUSHGATEWAY_CLIENT_KEY", "STATE_DIRECTORY", "PUSH_DISABLE",
     }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in agent_vars}
     env.update(extra or {})

@@ -24,6 +24,16 @@ from testkit.process import stop_process
 from testkit.server import DASHBOARDS_DIR, Prometheus, read_flags, render_server_config
 
 RULE_TESTS = Path(__file__).resolve().parent / "fleet-rules.test.yml"
+# Every alert the rules define (roles/prometheus/templates/rules/fleet-alerts.yml.j2).
+FLEET_ALERTS = {
+    "DeviceSilent",
+    "PushgatewayDown",
+    "DeviceHighCpu",
+    "DeviceHighMemory",
+    "DeviceDiskFilling",
+    "DeviceDiskNearlyFull",
+    "DeviceTemperatureHigh",
+}
 
 
 def pushgateway_role_args(env_file: Path) -> List[str]:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
+from conftest import ROOT, LoopbackHTTPServer, Pushgateway, agent_command, agent_env, run_agent, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,19 @@ EXPECTED_METRICS = {
     "memory_total_bytes", "memory_available_bytes", "memory_used_bytes", "swap_total_bytes", "swap_used_bytes",
     "network_receive_bytes_total", "network_transmit_bytes_total", "network_receive_packets_total",
     "network_transmit_packets_total", "network_receive_errors_total", "network_transmit_errors_total",
-    "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "process_count",
+    "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "system_processes",
     "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_collection_duration_seconds",
     "push_monitor_push_failures_total",
+    # The root filesystem is always reported; disk IO where a physical disk is (docs/agent.md).
+    "disk_usage_percent", "disk_size_bytes", "disk_available_bytes",
 }  # fmt: skip
+if any(os.path.exists(os.path.join("/sys/block", name, "device")) for name in os.listdir("/sys/block")):
+    EXPECTED_METRICS |= {
+        "disk_read_bytes_total", "disk_written_bytes_total",
+        "disk_reads_completed_total", "disk_writes_completed_total",
+    }  # fmt: skip
 GATEWAY_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
-AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备"]
+AWKWARD_SERIALS = ["serial with space", "rack/7/slot/3", "Gerät-ünïcödé-设备", ".", ".."]
 
 
 def metric_families(group: dict) -> dict:
@@ -67,6 +74,13 @@ def test_every_metric_arrives_for_two_devices_with_awkward_serials_under_one_job
         assert families["push_monitor_interval_seconds"]["metrics"][0]["value"] == "1"
         assert families["network_receive_bytes_total"]["type"] == "COUNTER"
     assert len(pushgateway.groups()) == len(AWKWARD_SERIALS)
+
+
+@pytest.mark.parametrize("job", [".", ".."])
+def test_a_job_that_is_a_path_step_pushes(pushgateway: Pushgateway, job: str) -> None:
+    result = run_agent("--once", "--pushgateway", pushgateway.url, "--job", job, "--device-serial", "s")
+    assert result.returncode == 0, result.stderr
+    assert pushgateway.group(job, "s") is not None
 
 
 def test_once_fails_with_exit_1_when_the_gateway_is_unreachable(tmp_path: Path) -> None:
@@ -211,13 +225,11 @@ class RecordingGateway:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LoopbackHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,70 +147,113 @@ def test_missing_dependencies_are_one_clear_error() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "missing Python package(s): psutil" in result.stderr
+    assert "missing Python package: psutil" in result.stderr
 
 
 # ---------------------------------------------------------------------------- top-N and CPU deltas
 
 
-def sample(pid: int, name: str, cpu: float, rss: int = 0, start: float = 1.0) -> pm.ProcessSample:
-    return pm.ProcessSample((pid, start), name, cpu, rss)
+def table(*rows: tuple) -> pm.ProcessTable:
+    """(pid, name, cpu, rss[, start]) rows as a scanner's table."""
+    return {(row[0], row[4] if len(row) > 4 else 1.0): (row[1].encode(), row[2], row[3]) for row in rows}
 
 
 def test_first_scan_reports_zero_cpu_and_ranks_by_memory() -> None:
-    apps = pm.top_apps(None, [sample(1, "a", 50, 10), sample(2, "b", 90, 30)], 1.0, 5)
+    apps = pm.top_apps(None, table((1, "a", 50, 10), (2, "b", 90, 30)), 1.0, 5)
     assert [(a.name, a.cpu_percent, a.memory_bytes) for a in apps] == [("b", 0.0, 30), ("a", 0.0, 10)]
 
 
 def test_cpu_percent_is_the_delta_over_elapsed_time() -> None:
-    before = {s.key: s for s in [sample(1, "a", 10.0), sample(2, "b", 3.0)]}
-    apps = pm.top_apps(before, [sample(1, "a", 10.5), sample(2, "b", 5.0)], 2.0, 5)
+    before = table((1, "a", 10.0, 0), (2, "b", 3.0, 0))
+    apps = pm.top_apps(before, table((1, "a", 10.5, 0), (2, "b", 5.0, 0)), 2.0, 5)
     assert {a.name: a.cpu_percent for a in apps} == {"b": 100.0, "a": 25.0}
 
 
+def test_units_of_the_scanner_apply_to_cpu_and_memory() -> None:
+    before = table((1, "a", 100, 3))
+    apps = pm.top_apps(before, table((1, "a", 150, 3)), 1.0, 5, cpu_unit=0.01, memory_unit=4096)
+    assert apps == [pm.AppUsage("a", 50.0, 3 * 4096)]
+
+
 def test_processes_of_one_name_are_summed() -> None:
-    before = {s.key: s for s in [sample(1, "nginx", 1.0, 100), sample(2, "nginx", 1.0, 200), sample(3, "sshd", 0, 5)]}
-    now = [sample(1, "nginx", 1.2, 100), sample(2, "nginx", 1.3, 200), sample(3, "sshd", 0.1, 5)]
-    apps = pm.top_apps(before, now, 1.0, 5)
+    before = table((1, "nginx", 1.0, 100), (2, "nginx", 1.0, 200), (3, "sshd", 0, 5))
+    apps = pm.top_apps(before, table((1, "nginx", 1.2, 100), (2, "nginx", 1.3, 200), (3, "sshd", 0.1, 5)), 1.0, 5)
     assert apps[0] == pm.AppUsage("nginx", 50.0, 300)
     assert apps[1] == pm.AppUsage("sshd", 10.0, 5)
 
 
 def test_new_process_counts_all_its_cpu_and_reused_pid_is_new() -> None:
-    before = {s.key: s for s in [sample(7, "old", 100.0, start=1.0)]}
+    before = table((7, "old", 100.0, 0, 1.0))
     # pid 7 was reused by a new process (other start time) that used 0.4 s since it started
-    apps = pm.top_apps(before, [sample(7, "new", 0.4, start=99.0), sample(8, "fresh", 0.2)], 1.0, 5)
+    apps = pm.top_apps(before, table((7, "new", 0.4, 0, 99.0), (8, "fresh", 0.2, 0)), 1.0, 5)
     assert {a.name: a.cpu_percent for a in apps} == {"new": 40.0, "fresh": 20.0}
 
 
 def test_top_n_cuts_and_zero_reports_nothing() -> None:
-    before = {s.key: s for s in [sample(i, f"p{i}", 0) for i in range(20)]}
-    now = [sample(i, f"p{i}", i / 100) for i in range(20)]
+    before = table(*[(i, f"p{i}", 0, 0) for i in range(20)])
+    now = table(*[(i, f"p{i}", i / 100, 0) for i in range(20)])
     assert [a.name for a in pm.top_apps(before, now, 1.0, 3)] == ["p19", "p18", "p17"]
     assert pm.top_apps(before, now, 1.0, 0) == []
 
 
-def test_linux_scanner_parses_awkward_names(tmp_path: Path) -> None:
-    def proc(pid: int, comm: str, utime: int, stime: int, rss_pages: int, cmdline: bytes = b"") -> None:
-        d = tmp_path / str(pid)
-        d.mkdir()
-        rest = (
-            ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 6 + ["4242", "0", str(rss_pages)] + ["0"] * 20
-        )
-        (d / "stat").write_bytes(f"{pid} ({comm}) ".encode() + " ".join(rest).encode())
-        (d / "cmdline").write_bytes(cmdline)
+def fake_proc(root: Path, pid: int, comm: bytes, utime: int = 1, stime: int = 1, rss_pages: int = 1, cmdline=b""):
+    directory = root / str(pid)
+    directory.mkdir()
+    rest = ["S", "1"] + ["0"] * 9 + [str(utime), str(stime)] + ["0"] * 6 + ["4242", "0", str(rss_pages)] + ["0"] * 20
+    (directory / "stat").write_bytes(b"%d (%s) " % (pid, comm) + " ".join(rest).encode())
+    if cmdline is not None:
+        (directory / "cmdline").write_bytes(cmdline)
 
-    proc(10, "evil) (name", 100, 50, 3)
-    proc(11, "a-very-long-pro", 1, 1, 1, b"/usr/bin/a-very-long-program-name\x00--flag\x00")
+
+def test_linux_scanner_parses_awkward_names(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 10, b"evil) (name", 100, 50, 3)
+    fake_proc(tmp_path, 11, b"a-very-long-pro", cmdline=b"/usr/bin/a-very-long-program-name\x00--flag\x00")
     (tmp_path / "self").mkdir()
     scanner = pm.LinuxProcessScanner(str(tmp_path))
-    samples = {s.key[0]: s for s in scanner.scan()}
-    tick = 1 / os.sysconf("SC_CLK_TCK")
-    assert samples[10].name == "evil) (name"
-    assert samples[10].cpu_seconds == pytest.approx(150 * tick)
-    assert samples[10].rss_bytes == 3 * os.sysconf("SC_PAGE_SIZE")
-    assert samples[10].key == (10, 4242.0)
-    assert samples[11].name == "a-very-long-program-name"
+    found = {key[0]: (key, value) for key, value in scanner.scan().items()}
+    assert found["10"] == (("10", b"4242"), (b"evil) (name", 150, 3))
+    assert found["11"][1][0] == b"a-very-long-program-name"
+    assert scanner.cpu_unit == 1 / os.sysconf("SC_CLK_TCK") and scanner.memory_unit == os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize(
+    ("comm", "cmdline", "name"),
+    [
+        # a name with spaces: argv[0] is one word of the command line, not cut at its spaces
+        (b"my long app nam", b"/opt/my long app name here\x00--flag\x00", "my long app name here"),
+        # cut inside a two-byte character: the full name, not a U+FFFD that merges two apps
+        ("ééééééé".encode() + b"\xc3", "/usr/bin/éééééééé\x00".encode(), "éééééééé"),
+        ("ééééééé".encode() + "€".encode()[:1], "/usr/bin/ééééééé€\x00".encode(), "ééééééé€"),
+        # no command line (kernel thread, gone, or hidden): the cut character is dropped, not replaced
+        ("ééééééé".encode() + b"\xc3", None, "ééééééé"),
+        ("ééééé".encode() + "€".encode()[:2] + b"xx", b"", "ééééé\\xe2\\x82xx"),  # not a cut: kept, escaped
+        # a rewritten title (setproctitle) with a slash in it
+        (b"gunicorn: maste", b"gunicorn: master [app/web]\x00", "gunicorn: master [app/web]"),
+        # argv[0] of another program (a script under its interpreter): the kernel's name stays
+        (b"ansible-playboo", b"/usr/bin/python3\x00/usr/bin/ansible-playbook\x00", "ansible-playboo"),
+    ],
+)
+def test_long_names_are_exact_and_never_cut_in_a_character(tmp_path: Path, comm, cmdline, name) -> None:
+    fake_proc(tmp_path, 20, comm, cmdline=cmdline)
+    scanner = pm.LinuxProcessScanner(str(tmp_path))
+    apps = pm.top_apps(None, scanner.scan(), 1.0, 5)
+    assert [app.name for app in apps] == [name]
+
+
+def test_real_processes_with_long_names_keep_them(tmp_path: Path) -> None:
+    names = ["my long app name here", "éééééééé", "ééééééé€-two"]
+    children = []
+    for name in names:
+        link = tmp_path / name
+        link.symlink_to("/bin/sleep")
+        children.append(subprocess.Popen([str(link), "30"]))
+    try:
+        by_pid = {key[0]: value[0] for key, value in pm.LinuxProcessScanner().scan().items()}
+        assert [by_pid[str(child.pid)].decode() for child in children] == names
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
 
 
 def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
@@ -221,7 +266,8 @@ def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
         first, t0 = scanner.scan(), time.monotonic()
         time.sleep(1.0)
         second, t1 = scanner.scan(), time.monotonic()
-        apps = pm.top_apps({s.key: s for s in first}, [s for s in second if s.key[0] == busy.pid], t1 - t0, 1)
+        mine = {key: value for key, value in second.items() if key[0] == str(busy.pid)}
+        apps = pm.top_apps(first, mine, t1 - t0, 1, cpu_unit=scanner.cpu_unit, memory_unit=scanner.memory_unit)
         # A spinning process uses about one core; allow a loaded CI machine to give it less.
         assert 30 <= apps[0].cpu_percent <= 110
     finally:
@@ -230,11 +276,12 @@ def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
 
 
 def test_psutil_scanner_agrees_with_linux_scanner_on_names_and_memory() -> None:
-    linux = {s.key[0]: s for s in pm.LinuxProcessScanner().scan()}
-    portable = {s.key[0]: s for s in pm.PsutilProcessScanner().scan()}
+    linux_scanner = pm.LinuxProcessScanner()
+    linux = {int(key[0]): value for key, value in linux_scanner.scan().items()}
+    portable = {key[0]: value for key, value in pm.PsutilProcessScanner().scan().items()}
     me = os.getpid()
-    assert linux[me].name == portable[me].name
-    assert abs(linux[me].rss_bytes - portable[me].rss_bytes) < 8 * 1024 * 1024
+    assert linux[me][0] == portable[me][0]
+    assert abs(linux[me][2] * linux_scanner.memory_unit - portable[me][2]) < 8 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -353,15 +400,150 @@ def test_plain_values_stay_readable_in_the_path() -> None:
     assert pm.grouping_path("critical-servers", "SN.123:4") == "/metrics/job/critical-servers/device_serial/SN.123:4"
 
 
-@pytest.mark.parametrize("interval", [0.2, 1.0, 5.0, 30.0])
-def test_retry_delay_grows_and_never_exceeds_the_interval(interval: float) -> None:
-    config = pm.parse_config(["--interval", str(interval)], env={})
-    agent = pm.Agent(config, "serial", hostname="h")
-    ceilings = []
-    for attempts in range(1, 12):
-        agent._failed_attempts = attempts
-        delays = [agent.retry_delay() for _ in range(50)]
-        assert all(0 < d <= interval for d in delays)
-        ceilings.append(max(delays))
-    assert ceilings[0] < ceilings[-1] or interval <= 0.25
-    assert ceilings[-1] > interval / 2
+@pytest.mark.parametrize(
+    ("value", "encoded"), [(".", "job@base64/Lg=="), ("..", "job@base64/Li4="), ("", "job@base64/=")]
+)
+def test_path_steps_and_the_empty_value_are_always_encoded(value: str, encoded: str) -> None:
+    assert pm.grouping_path(value, "s").startswith(f"/metrics/{encoded}/")
+
+
+# ---------------------------------------------------------------------------- bounds and odd input
+
+NOT_UTF8 = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over such argv / environ bytes
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "blamed"),
+    [
+        (["--interval", "1e-7"], {}, "--interval"),
+        (["--interval", "1e10"], {}, "--interval"),
+        ([], {"PUSH_INTERVAL": "0.01"}, "PUSH_INTERVAL"),
+        (["--top-n", "101"], {}, "--top-n"),
+        ([], {"TOP_N": "100000"}, "TOP_N"),
+        (["--timeout", "0"], {}, "--timeout"),
+        (["--pushgateway", "http://gw:0"], {}, "--pushgateway"),
+        (["--pushgateway", "http://gw x:9091"], {}, "--pushgateway"),
+        (["--job", NOT_UTF8], {}, "--job"),
+        (["--device-serial", NOT_UTF8], {}, "--device-serial"),
+        ([], {"DEVICE_SERIAL": NOT_UTF8}, "DEVICE_SERIAL"),
+        ([], {"DEVICE_JOB": NOT_UTF8}, "DEVICE_JOB"),
+        (["--username", NOT_UTF8], {"PUSHGATEWAY_PASSWORD": "pw"}, "--username"),
+        (["--username", "u"], {"PUSHGATEWAY_PASSWORD": NOT_UTF8}, "PUSHGATEWAY_PASSWORD"),
+        (["--pushgateway", "http://gw/" + NOT_UTF8], {}, "--pushgateway"),
+    ],
+)
+def test_out_of_range_and_undecodable_input_is_one_clear_error(argv, env, blamed) -> None:
+    with pytest.raises(pm.ConfigError) as raised:
+        pm.parse_config(argv, env=env)
+    assert blamed in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_undecodable_serial_from_the_environment_exits_2_in_one_line() -> None:
+    env = {**os.environ, "DEVICE_SERIAL": NOT_UTF8}
+    env.pop("PUSHGATEWAY_URL", None)
+    result = subprocess.run(
+        [sys.executable, str(AGENT), "--once", "--pushgateway", "http://127.0.0.1:1"],
+        env={k: v.encode("utf-8", "surrogateescape") for k, v in env.items()},
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1 and b"DEVICE_SERIAL: not valid UTF-8" in result.stderr
+
+
+def test_accepted_url_forms_are_normalised() -> None:
+    def url(raw: str) -> str:
+        return pm.parse_config(["--pushgateway", raw], env={}).pushgateway_url
+
+    assert url("HTTPS://GW.example:8443/") == "https://GW.example:8443"
+    assert url("http://gw/push path/ü") == "http://gw/push%20path/%C3%BC"
+    assert url("http://[::1]:9091") == "http://[::1]:9091"
+    ca = pm.parse_config(["--pushgateway", "HTTPS://gw", "--ca-file", str(AGENT)], env={})
+    assert ca.ca_file == str(AGENT)
+    assert pm.PushgatewayClient(pm.Config(pushgateway_url="http://gw/a%20b"), "s").path == (
+        "/a%20b/metrics/job/device-metrics/device_serial/s"
+    )
+
+
+def test_interval_and_top_n_at_their_documented_bounds_are_accepted() -> None:
+    assert pm.parse_config(["--interval", "0.1", "--top-n", "100"], env={}).top_n == 100
+    assert pm.parse_config(["--interval", "86400"], env={}).timeout == 10.0
+
+
+def test_state_dir_flag_keeps_colons_and_systemd_list_takes_the_first(tmp_path: Path) -> None:
+    assert pm.parse_config(["--state-dir", "/srv/a:b"], env={}).state_dir == "/srv/a:b"
+    assert pm.parse_config([], env={"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}).state_dir == "/var/lib/a"
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"To Be Filled By O.E.M.\n", b"\xff\xfe\n", b"id-one\nid-two\n"])
+def test_an_existing_state_file_without_a_usable_id_is_never_replaced(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "device-serial").write_bytes(content)
+    with pytest.raises(pm.ConfigError, match="remove it"):
+        pm.serial_from_state_file(str(tmp_path))
+    assert (tmp_path / "device-serial").read_bytes() == content
+
+
+def test_an_unreadable_state_file_is_an_error_and_kept() -> None:
+    """As an unprivileged user (root reads anything): an id file the agent cannot read is not replaced."""
+    code = (
+        "import sys, push_monitor as pm\n"
+        "try:\n    pm.serial_from_state_file(sys.argv[1])\nexcept pm.ConfigError as e:\n    print(e)"
+    )
+    with tempfile.TemporaryDirectory() as top:
+        state = Path(top) / "state"
+        state.mkdir()
+        (state / "device-serial").write_text("the-real-id\n")
+        (state / "device-serial").chmod(0o600)
+        agent_dir = Path(top) / "agent"
+        agent_dir.mkdir()
+        (agent_dir / "push_monitor.py").write_bytes(AGENT.read_bytes())
+        command = ["/usr/bin/python3", "-c", code, str(state)]
+        if os.geteuid() == 0:
+            for path in (Path(top), agent_dir, agent_dir / "push_monitor.py"):
+                path.chmod(0o755)
+            os.chown(state, 65534, 65534)  # the agent's own directory, an id file that is not its own
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        else:
+            (state / "device-serial").chmod(0)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, env={"PYTHONPATH": str(agent_dir)})
+        assert "cannot read the device id" in result.stdout, result.stdout + result.stderr
+        assert (state / "device-serial").read_text() == "the-real-id\n"
+        assert sorted(p.name for p in state.iterdir()) == ["device-serial"]
+
+
+def test_signal_handlers_are_in_place_before_psutil_is_imported() -> None:
+    """A signal during start-up must be a clean stop: the handlers go in before the slow imports."""
+    code = f"""
+import signal, sys, runpy
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "psutil":
+            print("handler at psutil import:", signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, flush=True)
+        return None
+sys.meta_path.insert(0, Watch())
+sys.argv = ["push_monitor.py", "--print", "--top-n", "0", "--device-serial", "x"]
+runpy.run_path({str(AGENT)!r}, run_name="__main__")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "handler at psutil import: True" in result.stdout, result.stdout[:300] + result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_agent_loads_its_modules_is_a_clean_stop(signum: int) -> None:
+    code = f"""
+import os, sys, runpy
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "uuid":  # one of the agent's own imports, long before main()
+            os.kill(os.getpid(), {int(signum)})
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["push_monitor.py", "--print", "--device-serial", "x"]
+runpy.run_path({str(AGENT)!r}, run_name="__main__")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert f"{signal.Signals(signum).name} received, stopping" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""

@@ -18,13 +18,23 @@ from testkit.server import COMMITTED_RENDER, COMPOSE_VARS, read_flags, render_se
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PINNED_IMAGES = {
     "pushgateway": r"prom/pushgateway:v\d+\.\d+\.\d+",
+    "alertmanager": r"prom/alertmanager:v\d+\.\d+\.\d+",
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
     "grafana": r"grafana/grafana-oss:\d+\.\d+\.\d+",
 }
 # Published on the host's loopback only: plain HTTP without logins must not reach the network.
-PORTS = {"pushgateway": "127.0.0.1:9091:9091", "prometheus": "127.0.0.1:9090:9090", "grafana": "127.0.0.1:3000:3000"}
+PORTS = {
+    "pushgateway": "127.0.0.1:9091:9091",
+    "alertmanager": "127.0.0.1:9093:9093",
+    "prometheus": "127.0.0.1:9090:9090",
+    "grafana": "127.0.0.1:3000:3000",
+}
 # The binaries the tests and Molecule run (Debian's packages), whose versions the images must carry.
-TESTED_BINARIES = {"pushgateway": "prometheus-pushgateway", "prometheus": "prometheus"}
+TESTED_BINARIES = {
+    "pushgateway": "prometheus-pushgateway",
+    "alertmanager": "prometheus-alertmanager",
+    "prometheus": "prometheus",
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +75,7 @@ def test_committed_render_equals_a_fresh_render_of_the_roles(fresh_render: Path)
 
 def test_services_images_ports_healthchecks_restart(compose: Dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"pushgateway", "prometheus", "grafana"}
+    assert set(services) == {"pushgateway", "alertmanager", "prometheus", "grafana"}
     for name, service in services.items():
         assert re.fullmatch(PINNED_IMAGES[name], service["image"]), f"{name}: image not pinned: {service['image']}"
         assert service["ports"] == [PORTS[name]]
@@ -84,10 +94,11 @@ def test_named_volumes_are_declared_and_used(compose: Dict[str, Any]) -> None:
         for volume in service.get("volumes", [])
         if not volume.startswith(("./", "/"))
     }
-    assert used == declared == {"pushgateway-data", "prometheus-data", "grafana-data"}
+    assert used == declared == {"pushgateway-data", "alertmanager-data", "prometheus-data", "grafana-data"}
     volumes = {s: [v.split(":")[:2] for v in compose["services"][s]["volumes"]] for s in compose["services"]}
     assert ["pushgateway-data", "/pushgateway"] in volumes["pushgateway"]
     assert ["prometheus-data", compose_var("prometheus_storage_path")] in volumes["prometheus"]
+    assert ["alertmanager-data", compose_var("alertmanager_storage_path")] in volumes["alertmanager"]
     assert ["grafana-data", "/var/lib/grafana"] in volumes["grafana"]
 
 
@@ -108,6 +119,17 @@ def test_prometheus_flags_equal_the_role_defaults(compose: Dict[str, Any], fresh
     flags = read_flags(fresh_render / "flags" / "prometheus.env")
     assert compose["services"]["prometheus"]["command"] == flags
     assert f"--storage.tsdb.retention.time={role_default('prometheus', 'prometheus_retention_time')}" in flags
+
+
+def test_alertmanager_flags_and_config_equal_the_role_defaults(compose: Dict[str, Any], fresh_render: Path) -> None:
+    alertmanager = compose["services"]["alertmanager"]
+    assert alertmanager["command"] == read_flags(fresh_render / "flags" / "alertmanager.env")
+    mounts = bind_mounts(alertmanager)
+    config_dir = compose_var("alertmanager_config_dir")
+    assert mounts[f"{config_dir}/alertmanager.yml"] == COMMITTED_RENDER / "alertmanager" / "alertmanager.yml"
+    config = yaml.safe_load((COMMITTED_RENDER / "prometheus" / "prometheus.yml").read_text())
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"][0]["targets"] == ["alertmanager:9093"]
 
 
 def test_prometheus_mounts_the_roles_render(compose: Dict[str, Any]) -> None:
@@ -142,7 +164,10 @@ def test_grafana_mounts_the_provisioning_and_dashboards(compose: Dict[str, Any])
 
 def test_startup_order_waits_for_health(compose: Dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["prometheus"]["depends_on"] == {"pushgateway": {"condition": "service_healthy"}}
+    assert services["prometheus"]["depends_on"] == {
+        "pushgateway": {"condition": "service_healthy"},
+        "alertmanager": {"condition": "service_healthy"},
+    }
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
 
 

@@ -5,15 +5,16 @@ every query it would send is sent to Prometheus instead."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 import yaml
 
-from server_fixtures import FleetServer, fleet_server, grafana_rate_interval, load_dashboards
+from server_fixtures import FLEET_ALERTS, FleetServer, fleet_server, grafana_rate_interval, load_dashboards
 from testkit import ROOT
 from testkit.dashboard_queries import iter_targets, substitute
 from testkit.process import wait_until
@@ -46,6 +47,17 @@ REQUIRED_QUERIES = {
     },
 }
 DROPDOWN_QUERY = "label_values(app_cpu_usage_percent, device_serial)"
+# Series the agent pushes only where the hardware reports them (no sensors in VMs and containers, no
+# physical disk behind some). A query reading them must return data when the device pushed them,
+# and when it did not, still be a valid query; the agent never makes such values up.
+HARDWARE_METRICS = {
+    "temperature_celsius",
+    "disk_read_bytes_total",
+    "disk_written_bytes_total",
+    "disk_reads_completed_total",
+    "disk_writes_completed_total",
+}
+OVERVIEW_TITLE = "Devices"
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +102,29 @@ def wait_for_every_query(prometheus: Prometheus, queries: List[tuple], timeout: 
         if pending:
             time.sleep(0.5)
     return [f"{title}: {expr}" for title, _, expr in pending]
+
+
+def pushed_metric_names(stack: FleetServer) -> Dict[str, Set[str]]:
+    """device_serial -> names of the metrics in its group at the gateway (what the agent sent)."""
+    return {
+        group["labels"]["device_serial"]: set(group) - {"labels", "last_push_successful"}
+        for group in stack.gateway.groups()
+    }
+
+
+def split_by_hardware(queries: List[tuple], pushed: Set[str]) -> Tuple[List[tuple], List[tuple]]:
+    """(queries that must return data, queries of hardware metrics no device here pushed)."""
+    expected, absent = [], []
+    for query in queries:
+        used = {name for name in HARDWARE_METRICS if re.search(rf"\b{name}\b", query[2])}
+        (absent if used and not used & pushed else expected).append(query)
+    return expected, absent
+
+
+def assert_valid_and_empty(prometheus: Prometheus, queries: List[tuple]) -> None:
+    """Prometheus runs each query (a bad one is an error from the API) and finds no series."""
+    for title, instant, expr in queries:
+        assert not query_returns_data(prometheus, expr, instant), f"{title}: {expr} has data nobody pushed"
 
 
 def rfc3339_timestamp(text: str) -> float:
@@ -181,8 +216,16 @@ def test_every_device_panel_query_returns_data_for_every_device(stack: FleetServ
         for title, instant, expr in panel_queries(dashboard, grafana_variables(stack, serial))
     ]
     assert len(queries) == len(DEVICES) * len(list(iter_targets(dashboard)))
-    missing = wait_for_every_query(stack.prometheus, queries, 45)
+    live, _ = split_by_hardware(queries, set())
+    missing = wait_for_every_query(stack.prometheus, live, 45)
     assert not missing, "queries without data:\n" + "\n".join(missing)
+    pushed = pushed_metric_names(stack)
+    for serial, _, _ in DEVICES:
+        mine = [q for q in queries if q[0].startswith(f"{serial} / ")]
+        expected, absent = split_by_hardware(mine, pushed[serial])
+        missing = wait_for_every_query(stack.prometheus, expected, 30)
+        assert not missing, "queries without data:\n" + "\n".join(missing)
+        assert_valid_and_empty(stack.prometheus, absent)
 
 
 @pytest.mark.integration
@@ -201,8 +244,13 @@ def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: FleetS
     queries = list(panel_queries(dashboard, grafana_variables(stack)))
     live = [q for q in queries if SILENT_TABLE_RECORD not in q[2]]
     assert len(live) == len(queries) - 1
-    missing = wait_for_every_query(stack.prometheus, live, 45)
+    always, _ = split_by_hardware(live, set())
+    missing = wait_for_every_query(stack.prometheus, always, 45)
     assert not missing, "queries without data:\n" + "\n".join(missing)
+    expected, absent = split_by_hardware(live, set().union(*pushed_metric_names(stack).values()))
+    missing = wait_for_every_query(stack.prometheus, expected, 30)
+    assert not missing, "queries without data:\n" + "\n".join(missing)
+    assert_valid_and_empty(stack.prometheus, absent)
     counts = {s["metric"]["job"]: float(s["value"][1]) for s in stack.prometheus.instant("job:devices:count")}
     assert counts == {job: 1.0 for _, job, _ in DEVICES}
     assert stack.prometheus.instant(SILENT_TABLE_RECORD) == []
@@ -210,15 +258,40 @@ def test_every_fleet_panel_query_returns_data_and_nobody_is_silent(stack: FleetS
 
 
 @pytest.mark.integration
+def test_fleet_overview_has_one_row_per_device_with_its_health(stack: FleetServer) -> None:
+    """The overview table merges its queries on (job, device_serial), as Grafana's merge does:
+    every device is one row, and each column that is not hardware-dependent is filled."""
+    [table] = [p for p in load_dashboards()["fleet.json"]["panels"] if p["title"] == OVERVIEW_TITLE]
+    assert table["type"] == "table" and [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    links = [o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "device_serial"]
+    assert "/d/fleet-device/" in json.dumps(links) and "var-device_serial=${__value.raw}" in json.dumps(links)
+    expected = {(job, serial) for serial, job, _ in DEVICES}
+    pushed = set().union(*pushed_metric_names(stack).values())
+
+    def rows() -> Dict[Tuple[str, str], Dict[str, str]]:
+        merged: Dict[Tuple[str, str], Dict[str, str]] = {}
+        for target in table["targets"]:
+            assert target["instant"] and target["format"] == "table"
+            for series in stack.prometheus.instant(target["expr"]):
+                key = (series["metric"]["job"], series["metric"]["device_serial"])
+                merged.setdefault(key, {})[target["refId"]] = series["metric"].get("version", series["value"][1])
+        return merged
+
+    hardware = {t["refId"] for t in table["targets"] if split_by_hardware([("", True, t["expr"])], pushed)[1]}
+    columns = {t["refId"] for t in table["targets"]} - hardware
+    wait_until(lambda: all(columns <= set(row) for row in rows().values()) and set(rows()) == expected, 45, 0.5,
+               message="a full row per device")  # fmt: skip
+    table_rows = rows()
+    assert set(table_rows) == expected
+    versions = {row["F"] for row in table_rows.values()}
+    assert len(versions) == 1 and re.fullmatch(r"\d+\.\d+\.\d+", versions.pop())
+
+
+@pytest.mark.integration
 def test_every_rule_loads(stack: FleetServer) -> None:
     groups = stack.prometheus.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == {
-        "DeviceSilent",
-        "PushgatewayDown",
-        "DeviceHighCpu",
-        "DeviceHighMemory",
-    }
+    assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == FLEET_ALERTS
     wait_until(
         lambda: all(r["health"] == "ok" for g in stack.prometheus.api("rules")["groups"] for r in g["rules"]),
         15,
@@ -255,12 +328,18 @@ def test_stopped_device_fires_device_silent_and_fills_the_silent_table(stack: Fl
     assert active_at - last_push > 3 * interval, "fired before 3 x the device's own interval had passed"
     # The fleet dashboard: every panel, the silent devices table included, now has data.
     dashboard = load_dashboards()["fleet.json"]
-    missing = wait_for_every_query(stack.prometheus, list(panel_queries(dashboard, grafana_variables(stack))), 30)
+    pushed = set().union(*pushed_metric_names(stack).values())
+    expected, absent = split_by_hardware(list(panel_queries(dashboard, grafana_variables(stack))), pushed)
+    missing = wait_for_every_query(stack.prometheus, expected, 30)
     assert not missing, "queries without data:\n" + "\n".join(missing)
+    assert_valid_and_empty(stack.prometheus, absent)
     silent = stack.prometheus.instant(SILENT_TABLE_RECORD)
     assert [s["metric"]["device_serial"] for s in silent] == [serial]
     # A silent device's last values stay at the gateway: its device dashboard still answers.
     device_dashboard = load_dashboards()["device.json"]
-    queries = list(panel_queries(device_dashboard, grafana_variables(stack, serial)))
+    queries, absent = split_by_hardware(
+        list(panel_queries(device_dashboard, grafana_variables(stack, serial))), pushed_metric_names(stack)[serial]
+    )
+    assert_valid_and_empty(stack.prometheus, absent)
     missing = wait_for_every_query(stack.prometheus, queries, 10)
     assert not missing, "queries without data:\n" + "\n".join(missing)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server_fixtures import RULE_TESTS
+from server_fixtures import FLEET_ALERTS, RULE_TESTS
 from testkit import ROOT
 from testkit.server import read_flags, render_server_config, run_promtool
 
@@ -72,7 +72,7 @@ def test_every_alert_has_promtool_unit_tests_and_they_pass() -> None:
         for rule in group["rules"]
         if "alert" in rule
     }
-    assert alerts == {"DeviceSilent", "PushgatewayDown", "DeviceHighCpu", "DeviceHighMemory"}
+    assert alerts == FLEET_ALERTS
     tested = yaml.safe_load(RULE_TESTS.read_text())
     firing_tests = {
         case["alertname"]
