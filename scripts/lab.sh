@@ -28,6 +28,13 @@ log() { echo "lab: $*"; }
 
 start_container() {
   local name=$1 image="localhost/fleet-${IMAGES[$1]}:latest"
+  # A container of an image that was rebuilt since (a changed recipe) lacks what the recipe added.
+  if podman container exists "$name" &&
+    [[ $(podman inspect --format '{{.Image}}' "$name") != $(podman image inspect --format '{{.Id}}' "$image") ]]; then
+    log "recreating $name: $image was rebuilt since it was started"
+    podman rm --force --time 5 "$name" >/dev/null
+    rm -f ".cache/facts/$name"
+  fi
   if ! podman container exists "$name"; then
     log "starting $name ($image)"
     podman run --detach --quiet --name "$name" --hostname "$name" --network "$NETWORK" \
