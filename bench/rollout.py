@@ -7,8 +7,9 @@ over three connections side by side in one invocation:
   mitogen   the same SSH with Mitogen's strategy (ANSIBLE_STRATEGY=mitogen_linear)
 
 Each (size, connection) gets fresh systemd containers (one server from localhost/fleet-server-debian12, N
-devices from localhost/fleet-device-debian12) on the network fleet-bench, SSH access from
-scripts/container-ssh.sh, and an inventory shaped like inventory/lab. The rerun must show changed=0.
+devices from localhost/fleet-device-debian12, both built or reused by scripts/images.sh) on the network
+fleet-bench, SSH access from scripts/container-ssh.sh, and an inventory shaped like inventory/lab. The rerun
+must show changed=0.
 Per run it prints the wall time, the time per device, the CPU the controller used (ansible-playbook and its
 children) and the containers used, and the share of the host's CPU that other processes took meanwhile:
 at >= 30 % the host is too busy for the figures to count, and the table says so.
@@ -335,9 +336,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[Row] = []
     workdir = Path(tempfile.mkdtemp(prefix="rollout-"))
     try:
-        for image in (SERVER_IMAGE, DEVICE_IMAGE):
-            if subprocess.run(["podman", "image", "exists", image], capture_output=True, timeout=60).returncode:
-                raise BenchError(f"image {image} is missing: build it with scripts/images.sh")
+        # Built when missing or of another recipe (a few minutes each), else reused.
+        run_command(["bash", str(ROOT / "scripts" / "images.sh"), "server-debian12", "device-debian12"], 1800)
         for size in args.devices:
             for connection in args.connections:
                 rows.append(measure(size, connection, workdir, logs, args.run_timeout))
