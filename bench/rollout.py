@@ -102,14 +102,22 @@ def remove_fleet() -> None:
     subprocess.run(["podman", "network", "rm", NETWORK], capture_output=True, timeout=60)
 
 
-def start_fleet(size: int, ssh_dir: Path) -> Tuple[str, List[str]]:
+def image_ids() -> Dict[str, str]:
+    """The images' IDs now: every run of this invocation uses them, even if the tags move on meanwhile."""
+    return {
+        tag: run_command(["podman", "image", "inspect", "--format", "{{.Id}}", tag]).stdout.strip()
+        for tag in (SERVER_IMAGE, DEVICE_IMAGE)
+    }
+
+
+def start_fleet(size: int, ssh_dir: Path, images: Dict[str, str]) -> Tuple[str, List[str]]:
     """A fresh server and `size` devices, booted, reachable over SSH (ssh_dir/ssh_config)."""
     remove_fleet()
     run_command(["podman", "network", "create", NETWORK])
     server, devices = f"{PREFIX}server", [f"{PREFIX}device-{index:02d}" for index in range(1, size + 1)]
 
     def start(name: str) -> None:
-        image = SERVER_IMAGE if name == server else DEVICE_IMAGE
+        image = images[SERVER_IMAGE if name == server else DEVICE_IMAGE]
         run_command(
             [
                 "podman",
@@ -265,9 +273,9 @@ class Row:
     rerun: Run
 
 
-def measure(size: int, connection: str, workdir: Path, logs: Path, timeout: float) -> Row:
+def measure(size: int, connection: str, images: Dict[str, str], workdir: Path, logs: Path, *, timeout: float) -> Row:
     directory = workdir / f"{size}-{connection}"
-    server, devices = start_fleet(size, directory / "ssh")
+    server, devices = start_fleet(size, directory / "ssh", images)
     try:
         inventory = write_inventory(directory / "inventory", server, devices, connection, directory / "ssh")
         env = ansible_env(connection, directory)
@@ -338,9 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         # Built when missing or of another recipe (a few minutes each), else reused.
         run_command(["bash", str(ROOT / "scripts" / "images.sh"), "server-debian12", "device-debian12"], 1800)
+        images = image_ids()
         for size in args.devices:
             for connection in args.connections:
-                rows.append(measure(size, connection, workdir, logs, args.run_timeout))
+                rows.append(measure(size, connection, images, workdir, logs, timeout=args.run_timeout))
     except BenchError as err:
         print("\n".join(table(rows)), file=sys.stderr)
         print(f"rollout: error: {err}", file=sys.stderr)
