@@ -15,6 +15,10 @@ usage() {
   exit 2
 }
 (($# >= 3)) || usage
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || {
+  echo "container-ssh: ssh and ssh-keygen are required (Debian package openssh-client)" >&2
+  exit 1
+}
 dir=$1 network=$2
 shift 2
 mkdir -p "$dir"
