@@ -4,7 +4,9 @@
 One group per device (grouping key: job + device_serial), pushed with PUT on a fixed schedule.
 Runs standalone (`python3 push_monitor.py --help`) or as the systemd service the Ansible role installs.
 Depends only on psutil (a current release or the Debian 12 / Ubuntu 22.04 package); the exposition
-text and the HTTP transport are the standard library's.
+text and the HTTP transport are the standard library's. It is one standalone file by design
+(devices get this file alone), so it keeps its own grouping path, login header and TLS context; the
+janitor and the controller-side testkit/ have theirs.
 """
 
 from __future__ import annotations

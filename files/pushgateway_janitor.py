@@ -4,6 +4,9 @@
 The Pushgateway keeps every group forever, so a device that was retired, re-imaged or renamed
 would stay on dashboards (and keep a "silent device" alert firing) until someone deletes it.
 Run it from a systemd timer on the monitoring server. Standard library only.
+
+Like the agent, it is one standalone file by design (copied alone onto the server), so it builds
+its own grouping path, login header and TLS context instead of importing the agent's or testkit's.
 """
 
 from __future__ import annotations

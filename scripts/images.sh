@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MIRROR=${FLEET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# Minimal systemd hosts; python3 because Ansible needs it. No psutil: the role's install must really run.
-BASE_PACKAGES=systemd,systemd-sysv,python3,ca-certificates
+# Minimal systemd hosts; python3 because Ansible needs it, an SSH server (with SFTP for file
+# transfers) because a real fleet is reached over SSH. No psutil: the role's install must really run.
+BASE_PACKAGES=systemd,systemd-sysv,python3,ca-certificates,openssh-server,openssh-sftp-server
 usage() {
   echo "usage: $0 NAME...   (NAME: device-debian12 device-debian13 server-debian12)" >&2
   exit 2
@@ -26,7 +27,7 @@ recipe() {
 }
 
 # Bump when the build steps below change in a way the recipe line does not show.
-BUILD_VERSION=1
+BUILD_VERSION=2
 
 build() {
   local name=$1 tag="localhost/fleet-$1:latest" suite packages hash current workdir
@@ -43,10 +44,14 @@ build() {
   trap "rm -rf '$workdir'" RETURN
   # No recommends keeps the images small; apt lists are kept out so images stay stable, and the
   # role refreshes them itself. An empty machine-id lets podman --systemd=always give each
-  # container its own, as a freshly provisioned device would have.
+  # container its own, as a freshly provisioned device would have. For the same reason the SSH
+  # host keys are not baked in: ssh.service generates them at first boot, so every container has
+  # keys of its own (ssh-keygen -A leaves existing keys alone, so they survive restarts).
   mmdebstrap --variant=minbase --include="$packages" \
     --aptopt='APT::Install-Recommends "false"' \
     --customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
+    --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
+    --customize-hook='mkdir -p "$1/etc/systemd/system/ssh.service.d" && printf "%s\n" "[Service]" "ExecStartPre=" "ExecStartPre=/usr/bin/ssh-keygen -A" "ExecStartPre=/usr/sbin/sshd -t" >"$1/etc/systemd/system/ssh.service.d/host-keys.conf"' \
     "$suite" "$workdir/rootfs.tar" "$MIRROR"
   podman import --quiet \
     --change 'CMD ["/lib/systemd/systemd"]' \

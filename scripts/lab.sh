@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local lab: a monitoring server container (Pushgateway, Prometheus, and Grafana where its
 # package source is reachable) and three device containers (critical, regular, dev) on a podman
-# network of their own, rolled out with `ansible-playbook -i inventory/lab site.yml`.
+# network of their own, reached over SSH and rolled out with `ansible-playbook -i inventory/lab site.yml`.
 #   scripts/lab.sh up     create or reuse the containers, run site.yml, print the device table
 #   scripts/lab.sh down   remove the containers, the network and their cached facts
 # Safe to rerun: existing containers are reused and the playbook is idempotent.
@@ -21,11 +21,20 @@ CONTAINERS=("$GATEWAY" fleet-lab-critical fleet-lab-regular fleet-lab-dev)
 BIN=${BIN:-$PWD/.venv/bin}
 # The fleet_pki role's controller directory: the lab's CA and generated passwords.
 PKI=$PWD/.cache/pki
+# The lab's SSH key, known_hosts and ssh_config (scripts/container-ssh.sh; inventory/lab uses them).
+SSH_DIR=$PWD/.cache/lab
 
 log() { echo "lab: $*"; }
 
 start_container() {
   local name=$1 image="localhost/fleet-${IMAGES[$1]}:latest"
+  # A container of an image that was rebuilt since (a changed recipe) lacks what the recipe added.
+  if podman container exists "$name" &&
+    [[ $(podman inspect --format '{{.Image}}' "$name") != $(podman image inspect --format '{{.Id}}' "$image") ]]; then
+    log "recreating $name: $image was rebuilt since it was started"
+    podman rm --force --time 5 "$name" >/dev/null
+    rm -f ".cache/facts/$name"
+  fi
   if ! podman container exists "$name"; then
     log "starting $name ($image)"
     podman run --detach --quiet --name "$name" --hostname "$name" --network "$NETWORK" \
@@ -79,6 +88,8 @@ up() {
   for name in "${CONTAINERS[@]}"; do start_container "$name"; done
   for name in "${CONTAINERS[@]}"; do wait_for_systemd "$name"; done
   scripts/check-network.sh "$NETWORK" "${CONTAINERS[@]}" | sed 's/^/lab: /'
+  scripts/container-ssh.sh "$SSH_DIR" "$NETWORK" "${CONTAINERS[@]}"
+  log "SSH: ssh -F $SSH_DIR/ssh_config ${CONTAINERS[1]}"
   # Grafana is installed from its official repository; where that is unreachable (as on the
   # project's CI machines) the lab goes on without the Grafana package, its files still rendered.
   local skip=()
@@ -102,7 +113,7 @@ up() {
   if podman exec "$GATEWAY" systemctl is-active --quiet grafana-server 2>/dev/null; then
     log "Grafana:     $(server_url 3000)   (admin / admin, lab only)"
   else
-    log "Grafana:     not installed (its package source is unreachable); dashboards: server/grafana/dashboards/"
+    log "Grafana:     not installed (its package source is unreachable); dashboards: roles/grafana/files/dashboards/"
   fi
   log "remove the lab with: make lab-down"
 }
@@ -118,6 +129,7 @@ down() {
   if podman network exists "$NETWORK"; then
     podman network rm "$NETWORK" >/dev/null
   fi
+  rm -f "$SSH_DIR/known_hosts" "$SSH_DIR/ssh_config"
   log "removed"
 }
 

@@ -18,7 +18,8 @@ DEBIAN_PACKAGES=(
   prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter victoria-metrics
   # venv for the controller tools; the agent's distro dependencies for the compatibility test
   python3-venv python3-psutil python3-prometheus-client python3-snappy python3-protobuf
-  curl ca-certificates make git
+  # SSH to the lab's and the scenarios' containers, as a real fleet is reached; git for pull mode
+  curl ca-certificates make git openssh-client
 )
 CONF_FILE=/etc/containers/containers.conf
 MARKER='fleet-monitor scripts/setup-host.sh'
