@@ -362,9 +362,13 @@ def stop_server(server: Server) -> None:
         stop_process(server.gateway)
 
 
-def samples_appended(server: Server) -> float:
-    """Prometheus' prometheus_tsdb_head_samples_appended_total (all sample types), from its /metrics."""
-    text = http_get(f"{server.prometheus.url}/metrics", 10).decode()
+def samples_appended(server: Server) -> Optional[float]:
+    """Prometheus' prometheus_tsdb_head_samples_appended_total (all sample types), from its /metrics;
+    None when Prometheus does not answer within 30 s (the step then fails)."""
+    try:
+        text = http_get(f"{server.prometheus.url}/metrics", 30).decode()
+    except OSError:
+        return None
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -456,11 +460,12 @@ class Step:
     load: str
     scrape_cpu_ms: Optional[float]  # gateway CPU per scrape, from a window without pushes
     push_cpu_us: Optional[float]  # gateway CPU per push: the load window's CPU minus its scrapes'
+    remote_write: bool = False
     stored_share: Optional[float] = None  # remote write: samples Prometheus appended / samples pushed
 
     def ingested(self) -> bool:
-        if self.stored_share is not None:
-            return self.stored_share >= STORED_MIN
+        if self.remote_write:
+            return self.stored_share is not None and self.stored_share >= STORED_MIN
         return self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT and self.up_min == 1
 
     def passed(self) -> bool:
@@ -480,7 +485,7 @@ class Step:
         if self.p99_ms >= P99_LIMIT * 1000:
             reasons.append("p99 >= 250 ms")
         if not self.ingested():
-            reasons.append("stored < 95 % of pushed" if self.stored_share is not None else "scrape >= 1 s or up 0")
+            reasons.append("stored < 95 % of pushed (or unknown)" if self.remote_write else "scrape >= 1 s or up 0")
         if self.achieved < ACHIEVED_MIN * self.offered:
             reasons.append("achieved < 95 % of offered")
         return "; ".join(reasons)
@@ -522,13 +527,14 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     busy_before, total_before = machine_cpu()
     start = time.monotonic() + 0.5
     wall_start = time.time() + 0.5
-    appended_before = samples_appended(server) if remote_write else 0.0
+    appended_before = samples_appended(server) if remote_write else None
     load = StepCommand(**{**base.__dict__, "prepopulate_only": False, "start": start})
     result = generator.run(load, timeout=args.duration + 60)
     wall_end = time.time()
     stored = None
-    if remote_write:  # every answered push was appended before the answer: no wait needed
-        stored = (samples_appended(server) - appended_before) / max(1, len(result.latencies) * series)
+    appended_after = samples_appended(server) if remote_write else None
+    if appended_before is not None and appended_after is not None:  # appended before each push was answered
+        stored = (appended_after - appended_before) / max(1, len(result.latencies) * series)
     busy_after, total_after = machine_cpu()
     cpu_after = {k: sum(process_cpu(p) for p in v) for k, v in pids.items()}
     span = total_after - total_before
@@ -547,6 +553,7 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     attempts = len(result.latencies) + failed
     gateway_cpu = (cpu_after["gateway"] - cpu_before["gateway"]) - (scrape_cpu or 0) * load_scrapes
     return Step(
+        remote_write=remote_write,
         stored_share=stored,
         scrape_cpu_ms=None if scrape_cpu is None or remote_write else 1000 * scrape_cpu,
         push_cpu_us=None

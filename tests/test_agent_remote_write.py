@@ -5,6 +5,7 @@ and nothing collected during an outage may be missing afterwards."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
+import yaml
 
-from conftest import agent_command, agent_env, run_agent
+import push_monitor as pm
+from conftest import ROOT, agent_command, agent_env, run_agent
 from testkit.process import free_port, stop_process, wait_until
 from testkit.remote_write import Receiver, VictoriaMetrics, decode
 from testkit.server import Prometheus, read_flags, render_server_config
@@ -85,6 +88,20 @@ def receiver_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
         },
     )
+
+
+def duration_seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(float(n) * units[unit] for n, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text))
+
+
+def test_the_receiver_is_on_and_its_window_covers_the_agents_buffer(receiver_render: Path) -> None:
+    assert "--web.enable-remote-write-receiver" in read_flags(receiver_render / "flags" / "prometheus.env")
+    config = yaml.safe_load((receiver_render / "prometheus" / "prometheus.yml").read_text())
+    window = duration_seconds(config["storage"]["tsdb"]["out_of_order_time_window"])
+    device_defaults = yaml.safe_load((ROOT / "roles" / "push_monitor" / "defaults" / "main.yml").read_text())
+    assert window >= pm.DEFAULT_BUFFER_MAX_AGE
+    assert window >= device_defaults["push_monitor_remote_write_buffer_max_age"]
 
 
 def role_prometheus(render: Path, workdir: Path, port: Optional[int] = None) -> Prometheus:
