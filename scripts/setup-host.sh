@@ -3,6 +3,7 @@
 # as root, then checks each capability the project relies on.
 #   scripts/setup-host.sh           install what is missing, repair what an earlier run left wrong, check
 #   scripts/setup-host.sh --check   only report each capability as present / missing (exit 1 if any is missing)
+#   scripts/setup-host.sh --print-packages | --print-containers-conf   what it installs / writes
 # Idempotent: a second run installs nothing and changes no file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,12 +15,12 @@ DEBIAN_PACKAGES=(
   # iptables for netavark's NAT rules, mmdebstrap to build the images
   podman runc netavark aardvark-dns iptables uidmap mmdebstrap
   # the real server components the tests start themselves
-  prometheus prometheus-pushgateway prometheus-node-exporter
+  prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter victoria-metrics
   # venv for the controller tools; the agent's distro dependencies for the compatibility test
-  python3-venv python3-psutil python3-prometheus-client
+  python3-venv python3-psutil python3-prometheus-client python3-snappy python3-protobuf
   curl ca-certificates make git
 )
-CONTAINERS_CONF=/etc/containers/containers.conf
+CONF_FILE=/etc/containers/containers.conf
 MARKER='fleet-monitor scripts/setup-host.sh'
 # The runtime and network settings podman must run with here (see the package list above).
 WANTED_CONF=$(
@@ -96,14 +97,14 @@ switch_to_netavark() {
 }
 
 write_containers_conf() {
-  [[ -f $CONTAINERS_CONF ]] && [[ $(<"$CONTAINERS_CONF") == "$WANTED_CONF" ]] && return 0
+  [[ -f $CONF_FILE ]] && [[ $(<"$CONF_FILE") == "$WANTED_CONF" ]] && return 0
   install -d /etc/containers
-  if [[ -f $CONTAINERS_CONF ]] && ! grep -q "$MARKER" "$CONTAINERS_CONF"; then
-    cp -n "$CONTAINERS_CONF" "$CONTAINERS_CONF.orig"
-    log "kept the previous $CONTAINERS_CONF as $CONTAINERS_CONF.orig"
+  if [[ -f $CONF_FILE ]] && ! grep -q "$MARKER" "$CONF_FILE"; then
+    cp -n "$CONF_FILE" "$CONF_FILE.orig"
+    log "kept the previous $CONF_FILE as $CONF_FILE.orig"
   fi
-  printf '%s\n' "$WANTED_CONF" >"$CONTAINERS_CONF"
-  log "wrote $CONTAINERS_CONF (runc, ulimits, netavark)"
+  printf '%s\n' "$WANTED_CONF" >"$CONF_FILE"
+  log "wrote $CONF_FILE (runc, ulimits, netavark)"
 }
 
 # A project network created before DNS worked is removed with its containers; the lab and the
@@ -140,8 +141,8 @@ check() {
   report "podman runtime runc" "$([[ $runtime == runc ]] && echo yes || echo no)" \
     "$([[ $runtime == runc ]] || echo "podman uses '$runtime'; run scripts/setup-host.sh")"
   report "container ulimits nofile/nproc" \
-    "$(grep -qs 'nofile=20000:20000' "$CONTAINERS_CONF" && echo yes || echo no)" \
-    "$(grep -qs 'nofile=20000:20000' "$CONTAINERS_CONF" || echo "not set in $CONTAINERS_CONF")"
+    "$(grep -qs 'nofile=20000:20000' "$CONF_FILE" && echo yes || echo no)" \
+    "$(grep -qs 'nofile=20000:20000' "$CONF_FILE" || echo "not set in $CONF_FILE")"
   report "image build (mmdebstrap)" "$(command -v mmdebstrap >/dev/null && echo yes || echo no)"
   # A throwaway --internal network: the hardest case for name resolution.
   probe=fleet-probe-$$
@@ -160,6 +161,12 @@ case ${1:-} in
   --check)
     check
     ;;
+  --print-packages)
+    printf '%s\n' "${DEBIAN_PACKAGES[@]}"
+    ;;
+  --print-containers-conf)
+    printf '%s\n' "$WANTED_CONF"
+    ;;
   "")
     install_packages
     switch_to_netavark
@@ -168,7 +175,7 @@ case ${1:-} in
     check
     ;;
   *)
-    echo "usage: $0 [--check]" >&2
+    echo "usage: $0 [--check | --print-packages | --print-containers-conf]" >&2
     exit 2
     ;;
 esac
