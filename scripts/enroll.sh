@@ -39,10 +39,11 @@ while (($#)); do
 done
 name=${name:-$(hostname)}
 [[ -n $url ]] || fail "--url is required: the fleet repository"
-[[ $group =~ ^[A-Za-z0-9_]+$ ]] || fail "--group must be a group name such as critical, regular or dev, got '$group'"
-[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || fail "--name must be a host name, got '$name'"
+[[ $group =~ ^[A-Za-z0-9_]+$ ]] || fail "--group must be a group name such as critical, regular or dev, got ${group@Q}"
+[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || fail "--name must be a host name, got ${name@Q}"
+[[ $branch =~ ^[A-Za-z0-9._/-]*$ ]] || fail "--branch must be a branch or tag name, got ${branch@Q}"
 [[ $inventory =~ ^[A-Za-z0-9._/-]+$ && $inventory != /* && $inventory != *..* ]] ||
-  fail "--inventory must be a path inside the repository, got '$inventory'"
+  fail "--inventory must be a path inside the repository, got ${inventory@Q}"
 ((EUID == 0)) || fail "run as root"
 command -v systemctl >/dev/null || fail "systemd is required"
 
