@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 # Molecule scenarios run by `make test`, in this order (each builds the images it needs).
-MOLECULE_SCENARIOS ?= devices wheelhouse server default
+MOLECULE_SCENARIOS ?= devices wheelhouse server default pull
 # Container base images (scripts/images.sh NAME...), rebuilt only when their recipe changes.
 IMAGES := device-debian12 device-debian13 server-debian12
 
