@@ -720,44 +720,92 @@ def trim_cut_character(comm: bytes) -> bytes:
     return comm
 
 
+def cached_descriptor_budget() -> int:
+    """How many /proc files the process scan may keep open: half of what the soft limit of open
+    files leaves above a reserve for sockets, state and buffer files, at most 4,096."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 0
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(0, min(4096, (soft - 64) // 2))
+
+
 class LinuxProcessScanner:
     """Reads /proc/<pid>/stat once per process: name, CPU ticks and RSS pages in one small read.
     Nothing is decoded or converted beyond the three numbers, and only names the kernel cut at
-    15 bytes cost a second read (of cmdline, once per process lifetime)."""
+    15 bytes cost a second read (of cmdline, once per process lifetime).
 
-    def __init__(self, proc: str = "/proc") -> None:
+    Each process's stat file stays open between scans and is re-read at offset 0 (procfs renders it
+    afresh): the path lookup in open() costs more than the read itself. A descriptor whose process
+    has exited answers ESRCH, even when its pid was reused, so it is reopened by path and never
+    reads another process. At most `max_open` descriptors are kept, well under the soft limit of
+    open files; processes beyond that are opened and closed each scan as before."""
+
+    def __init__(self, proc: str = "/proc", max_open: Optional[int] = None) -> None:
         self.proc = proc
         self.cpu_unit = 1.0 / os.sysconf("SC_CLK_TCK")  # seconds per tick
         self.memory_unit = os.sysconf("SC_PAGE_SIZE")  # bytes per page
+        self.max_open = cached_descriptor_budget() if max_open is None else max_open
         self._long_names: Dict[Tuple[str, bytes, bytes], bytes] = {}
+        self._open: Dict[str, int] = {}
+
+    def close(self) -> None:
+        for descriptor in self._open.values():
+            os.close(descriptor)
+        self._open = {}
+
+    def _read_stat(self, pid: str, kept: Dict[str, int]) -> Optional[bytes]:
+        descriptor = self._open.pop(pid, None)
+        if descriptor is not None:
+            try:
+                kept[pid] = descriptor
+                return os.pread(descriptor, 4096, 0)  # the line is well under 4 KiB
+            except OSError:  # the process exited (ESRCH): its pid may be a new process now
+                del kept[pid]
+                os.close(descriptor)
+        # os.open/os.read, not open(): no buffered file object per process.
+        try:
+            descriptor = os.open(f"{self.proc}/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            return None  # exited between listdir and open
+        try:
+            raw = os.pread(descriptor, 4096, 0)
+        except OSError:
+            os.close(descriptor)
+            return None  # exited between open and read
+        if len(kept) < self.max_open:
+            kept[pid] = descriptor
+        else:
+            os.close(descriptor)
+        return raw
 
     def scan(self) -> ProcessTable:
         table: ProcessTable = {}
         long_names: Dict[Tuple[str, bytes, bytes], bytes] = {}
-        prefix = self.proc + "/"
-        read, open_, close, rdonly = os.read, os.open, os.close, os.O_RDONLY
-        for entry in os.listdir(self.proc):
-            if not entry.isdigit():
-                continue
-            # os.open/os.read, not open(): no buffered file object per process per cycle.
-            try:
-                descriptor = open_(prefix + entry + "/stat", rdonly)
-            except OSError:
-                continue  # exited between listdir and open
-            try:
-                raw = read(descriptor, 4096)  # the line is well under 4 KiB
-            except OSError:
-                continue  # exited between open and read
-            finally:
-                close(descriptor)
-            close_paren = raw.rfind(b")")
-            fields = raw[close_paren + 2 :].split(None, 22)
-            if close_paren < 0 or len(fields) < 22:
-                continue
-            name = raw[raw.find(b"(") + 1 : close_paren]
-            if len(name) >= 15:
-                name = self._long_name(entry, fields[19], name, long_names)
-            table[(entry, fields[19])] = (name, int(fields[11]) + int(fields[12]), int(fields[21]))
+        kept: Dict[str, int] = {}
+        read_stat = self._read_stat
+        try:
+            for entry in os.listdir(self.proc):
+                if not entry.isdigit():
+                    continue
+                raw = read_stat(entry, kept)
+                if raw is None:
+                    continue
+                close_paren = raw.rfind(b")")
+                fields = raw[close_paren + 2 :].split(None, 22)
+                if close_paren < 0 or len(fields) < 22:
+                    continue
+                name = raw[raw.find(b"(") + 1 : close_paren]
+                if len(name) >= 15:
+                    name = self._long_name(entry, fields[19], name, long_names)
+                table[(entry, fields[19])] = (name, int(fields[11]) + int(fields[12]), int(fields[21]))
+        finally:
+            self.close()  # what is left open belongs to processes that are gone
+            self._open = kept
         self._long_names = long_names  # drops names of processes that are gone
         return table
 
@@ -1403,7 +1451,13 @@ class HttpClient:
         """Between requests an idle connection has nothing to say: readable means the server closed
         it (or sent bytes nobody asked for), so it is not reused."""
         pending = getattr(sock, "pending", None)
-        return bool(pending and pending()) or bool(select.select([sock], [], [], 0)[0])
+        if pending and pending():
+            return True
+        if hasattr(select, "poll"):  # select() fails on descriptors above 1023: the scan keeps many open
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])  # Windows: no poll()
 
     def _connect(self, deadline: Deadline) -> socket.socket:
         # Name resolution is the system resolver's, outside the deadline (see docs/agent.md).

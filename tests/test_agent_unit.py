@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -280,6 +281,101 @@ def test_linux_scanner_measures_a_busy_process_against_real_proc() -> None:
     finally:
         busy.kill()
         busy.wait()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_linux_scanner_keeps_stat_files_open_and_closes_those_of_exited_processes() -> None:
+    scanner = pm.LinuxProcessScanner()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        first = scanner.scan()
+        kept = _open_descriptors()
+        assert str(child.pid) in scanner._open and len(scanner._open) == len(first)
+        # a second scan re-reads the same files: no descriptor more, the same processes
+        second = scanner.scan()
+        assert _open_descriptors() == kept and {key for key in second if key[0] == str(child.pid)}
+    finally:
+        child.kill()
+        child.wait()
+    third = scanner.scan()
+    assert not [key for key in third if key[0] == str(child.pid)]
+    assert str(child.pid) not in scanner._open
+    scanner.close()
+    assert not scanner._open
+
+
+def test_a_kept_stat_file_of_an_exited_process_is_never_read_as_another(tmp_path: Path) -> None:
+    """ESRCH from a kept descriptor (the process exited; its pid may be reused) means: reopen by path."""
+    child = subprocess.Popen(["sleep", "30"])
+    scanner = pm.LinuxProcessScanner()
+    scanner.scan()
+    assert str(child.pid) in scanner._open
+    child.kill()
+    child.wait()
+    # pretend the pid came back as a new process: the kept descriptor is stale, the path is not
+    os.symlink(f"/proc/{os.getpid()}", tmp_path / str(child.pid))
+    scanner.proc = str(tmp_path)
+    table = scanner.scan()
+    own = Path(f"/proc/{os.getpid()}/stat").read_bytes()
+    own_name, own_start = own[own.find(b"(") + 1 : own.rfind(b")")], own[own.rfind(b")") + 2 :].split()[19]
+    [(key, (name, _, _))] = table.items()
+    assert key == (str(child.pid), own_start) and name == own_name  # what the path holds now, read afresh
+    scanner.close()
+
+
+def test_linux_scanner_keeps_at_most_its_budget_of_descriptors_and_reads_the_rest_anyway() -> None:
+    limited, unlimited = pm.LinuxProcessScanner(max_open=5), pm.LinuxProcessScanner(max_open=0)
+    limited.scan()
+    child = subprocess.Popen(["sleep", "30"])  # newest: read after the budget is used up
+    try:
+        table, reference = limited.scan(), unlimited.scan()
+    finally:
+        child.kill()
+        child.wait()
+    assert len(limited._open) == 5 and not unlimited._open
+    assert len(table) > 15 and [value[0] for key, value in table.items() if key[0] == str(child.pid)] == [b"sleep"]
+    mine = str(os.getpid())
+    assert {key for key in table if key[0] == mine} == {key for key in reference if key[0] == mine}
+    limited.close()
+
+
+def test_descriptor_budget_stays_under_the_soft_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert pm.cached_descriptor_budget() == (256 - 64) // 2
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        assert pm.cached_descriptor_budget() == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_idle_connection_check_works_above_descriptor_1023() -> None:
+    """The scan may hold hundreds of descriptors, so the socket can be numbered past select()'s limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    high = os.dup2(client.fileno(), 2000)
+    try:
+        high_socket = socket.socket(fileno=high)
+        assert high_socket.fileno() == 2000
+        assert pm.HttpClient._stale(high_socket) is False
+        peer.close()
+        assert pm.HttpClient._stale(high_socket) is True
+        high_socket.close()
+    finally:
+        for sock in (client, server):
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_psutil_scanner_agrees_with_linux_scanner_on_names_and_memory() -> None:
