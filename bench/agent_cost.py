@@ -45,7 +45,7 @@ try:
     import bcrypt
 
     from testkit.pki import make_pki
-    from testkit.process import free_port, stop_process, wait_until
+    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, stop_process, wait_until
     from testkit.server import Prometheus
     from testkit.web import Endpoint
 except ImportError as missing:
@@ -56,7 +56,6 @@ NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
-TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
 TLS_USER = "bench-device"
@@ -121,14 +120,6 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
 # /proc readings
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (the leader's stat sums its threads)."""
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        raw = handle.read()
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
-
-
 def peak_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
         for line in handle:
@@ -139,14 +130,6 @@ def peak_rss_bytes(pid: int) -> int:
 
 def process_count() -> int:
     return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
-
-
-def host_ticks() -> Tuple[int, int]:
-    """(busy, total) jiffies over all CPUs: everything counts, the subjects and this script's load too."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(value) for value in handle.readline().split()[1:]]
-    total = sum(values[:8])  # guest time is already inside user/nice
-    return total - values[3] - values[4], total  # idle and iowait are not busy
 
 
 def machine_line(python: str) -> str:
@@ -305,11 +288,11 @@ class Subject:
     peak_rss: int = 0
 
     def snapshot_start(self) -> None:
-        self.cycles_start, self.cpu_start = self.count_cycles(), cpu_seconds(self.process.pid)
+        self.cycles_start, self.cpu_start = self.count_cycles(), process_cpu_seconds(self.process.pid)
 
     def snapshot_end(self) -> None:
         self.cycles = self.count_cycles() - self.cycles_start
-        self.cpu_used = cpu_seconds(self.process.pid) - self.cpu_start
+        self.cpu_used = process_cpu_seconds(self.process.pid) - self.cpu_start
         self.peak_rss = peak_rss_bytes(self.process.pid)
 
     def check_alive(self) -> None:
@@ -365,12 +348,12 @@ def run_window(
         opens = pusher.pushed_at + interval / 2
         opens += math.ceil(max(0.0, start - interval / 2 - opens) / interval) * interval
         events += [(opens, 4, pusher.snapshot_start), (opens + options.cycles * interval, 5, pusher.snapshot_end)]
-    busy_before, total_before = host_ticks()
+    busy_before, total_before = host_cpu_seconds()
     for when, _, action in sorted(events, key=lambda event: event[:2]):
         time.sleep(max(0.0, when - time.monotonic()))
         action()
-    busy_after, total_after = host_ticks()
-    return counts, (busy_after - busy_before) / max(1, total_after - total_before)
+    busy_after, total_after = host_cpu_seconds()
+    return counts, (busy_after - busy_before) / (total_after - total_before)
 
 
 # The report
