@@ -314,9 +314,9 @@ def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: Options
     for _ in range(options.warmup):
         scrape()
         time.sleep(options.interval)
-    for pusher in pushers:
-        pusher.check_alive()
-        wait_until(lambda p=pusher: p.count_cycles() >= options.warmup, 30, message=f"pushes from {pusher.label}")
+    for pusher in pushers:  # check_alive raises with the log's tail when a pusher died
+        pushed = lambda p=pusher: p.check_alive() or p.count_cycles() >= options.warmup  # noqa: E731
+        wait_until(pushed, options.warmup * options.interval + 30, message=f"pushes from {pusher.label}")
     counts = {pusher.label: pusher.count_cycles() for pusher in pushers}
     deadline = time.monotonic() + 3 * options.interval + 5
     while any(not pusher.pushed_at for pusher in pushers):
