@@ -155,6 +155,14 @@ def write_inventory(directory: Path, server: str, devices: Sequence[str], connec
     return path
 
 
+def mitogen_strategy_dir() -> str:
+    code = "import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))"
+    result = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise BenchError("mitogen is not installed in the venv: make venv")
+    return f"{result.stdout.strip()}/plugins/strategy"
+
+
 def ansible_env(connection: str, workdir: Path) -> Dict[str, str]:
     """The project's ansible.cfg; a caller's ANSIBLE_* settings do not leak in; facts cached in workdir."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
@@ -165,13 +173,7 @@ def ansible_env(connection: str, workdir: Path) -> Dict[str, str]:
         ANSIBLE_CACHE_PLUGIN_CONNECTION=str(workdir / "facts"),
     )
     if connection == "mitogen":
-        code = "import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))"
-        result = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise BenchError("mitogen is not installed in the venv: make venv")
-        env.update(
-            ANSIBLE_STRATEGY="mitogen_linear", ANSIBLE_STRATEGY_PLUGINS=f"{result.stdout.strip()}/plugins/strategy"
-        )
+        env.update(ANSIBLE_STRATEGY="mitogen_linear", ANSIBLE_STRATEGY_PLUGINS=mitogen_strategy_dir())
     return env
 
 
