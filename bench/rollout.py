@@ -1,24 +1,16 @@
 #!/usr/bin/env python3
 """How long `ansible-playbook site.yml` takes onto 1, 5, 10 and 20 devices, first run and no-change rerun,
-over three connections side by side in one invocation:
+over three connections: podman (`podman exec`), ssh (SSH as root with the project's ansible.cfg) and
+mitogen (the same SSH with ANSIBLE_STRATEGY=mitogen_linear).
 
-  podman    `podman exec` (containers.podman.podman), the project's ansible.cfg otherwise
-  ssh       SSH as root with the project's ansible.cfg (pipelining, ControlPersist), as a real fleet
-  mitogen   the same SSH with Mitogen's strategy (ANSIBLE_STRATEGY=mitogen_linear)
+Each (size, connection) gets fresh systemd containers (one server, N devices, from the images
+scripts/images.sh builds) on the network fleet-bench, SSH access from scripts/container-ssh.sh and an
+inventory shaped like inventory/lab; the rerun must show changed=0. Per run: wall time, time per
+device, the CPU the controller and the containers used, and the share other processes took (>= 30 %:
+too busy to count). Exit 0 after the table, 1 when the benchmark cannot run, 2 on bad options;
+containers (fleet-bench-*) and the network are removed at the end, also on SIGINT/SIGTERM.
 
-Each (size, connection) gets fresh systemd containers (one server from localhost/fleet-server-debian12, N
-devices from localhost/fleet-device-debian12, both built or reused by scripts/images.sh) on the network
-fleet-bench, SSH access from scripts/container-ssh.sh, and an inventory shaped like inventory/lab. The rerun
-must show changed=0.
-Per run it prints the wall time, the time per device, the CPU the controller used (ansible-playbook and its
-children) and the containers used, and the share of the host's CPU that other processes took meanwhile:
-at >= 30 % the host is too busy for the figures to count, and the table says so.
-
-Exit 0 after a table, 1 when the benchmark cannot run (no podman or image, a failed rollout, a rerun that
-changed something), 2 on bad options. Containers (prefix fleet-bench-) and the network are removed at
-the end, also on SIGINT/SIGTERM.
-
-    .venv/bin/python bench/rollout.py                          # 1,5,10,20 devices, all three connections
+    .venv/bin/python bench/rollout.py                                 # 1,5,10,20 devices, all connections
     .venv/bin/python bench/rollout.py --devices 1 --connections ssh   # smoke run
 """
 
@@ -41,6 +33,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testkit.process import host_cpu_seconds  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 PREFIX = "fleet-bench-"
 NETWORK = "fleet-bench"
@@ -49,12 +45,7 @@ DEVICE_IMAGE = "localhost/fleet-device-debian12:latest"
 DEVICE_GROUPS = ("critical", "regular", "dev")
 CONNECTIONS = ("podman", "ssh", "mitogen")
 BUSY_LIMIT = 0.30  # other processes' share of the host's CPU above which a figure does not count
-RECAP = re.compile(
-    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
-    r"\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)",
-    re.MULTILINE,
-)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RECAP = re.compile(r"^(\S+)\s*:\s*(ok=\d+ .*)$", re.MULTILINE)  # PLAY RECAP: host : ok=N changed=N ...
 
 
 class BenchError(Exception):
@@ -118,21 +109,8 @@ def start_fleet(size: int, ssh_dir: Path, images: Dict[str, str]) -> Tuple[str, 
 
     def start(name: str) -> None:
         image = images[SERVER_IMAGE if name == server else DEVICE_IMAGE]
-        run_command(
-            [
-                "podman",
-                "run",
-                "--detach",
-                "--name",
-                name,
-                "--hostname",
-                name,
-                "--network",
-                NETWORK,
-                "--systemd=always",
-                image,
-            ]
-        )
+        run_command(["podman", "run", "--detach", "--name", name, "--hostname", name, "--network", NETWORK,
+                     "--systemd=always", image])  # fmt: skip
         deadline, state = time.monotonic() + 180, ""  # 21 containers booting on 2 busy cores can take minutes
         while state not in ("running", "degraded"):
             if time.monotonic() > deadline:
@@ -199,13 +177,6 @@ def ansible_env(connection: str, workdir: Path) -> Dict[str, str]:
     return env
 
 
-def host_busy_seconds() -> float:
-    """CPU seconds the whole host has been busy since boot (/proc/stat, every CPU)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLOCK_TICKS
-
-
 def containers_cpu_seconds() -> float:
     """CPU seconds used by our containers, from their cgroups (v1 cpuacct or v2 cpu.stat)."""
     names = our_containers()
@@ -234,30 +205,22 @@ class Run:
 def timed_playbook(inventory: Path, env: Dict[str, str], log: Path, timeout: float) -> Run:
     command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), "--skip-tags", "grafana_install", "site.yml"]
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    host_before, containers_before, started = host_busy_seconds(), containers_cpu_seconds(), time.monotonic()
+    host_before, containers_before, started = host_cpu_seconds()[0], containers_cpu_seconds(), time.monotonic()
     with log.open("w") as handle:
         try:
-            returncode = subprocess.run(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            ).returncode
+            returncode = subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=handle,
+                                        stderr=subprocess.STDOUT, timeout=timeout, check=False).returncode  # fmt: skip
         except subprocess.TimeoutExpired:
             raise BenchError(f"ansible-playbook took more than {timeout:g} s; log {log}") from None
     seconds = time.monotonic() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     controller = children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
     containers = containers_cpu_seconds() - containers_before
-    others = max(0.0, host_busy_seconds() - host_before - controller - containers)
+    others = max(0.0, host_cpu_seconds()[0] - host_before - controller - containers)
     text = log.read_text(errors="replace")
     recap = {
-        match["host"]: {key: int(match[key]) for key in ("ok", "changed", "unreachable", "failed", "skipped")}
-        for match in RECAP.finditer(text)
+        host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", counts)}
+        for host, counts in RECAP.findall(text)
     }
     if returncode != 0 or any(counts["failed"] or counts["unreachable"] for counts in recap.values()):
         first_error = next((line for line in text.splitlines() if line.startswith(("fatal:", "[ERROR]"))), "")
@@ -344,6 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[Row] = []
     workdir = Path(tempfile.mkdtemp(prefix="rollout-"))
     try:
+        version = run_command([str(VENV_BIN / "ansible-playbook"), "--version"]).stdout.split("\n", 1)[0]
         # Built when missing or of another recipe (a few minutes each), else reused.
         run_command(["bash", str(ROOT / "scripts" / "images.sh"), "server-debian12", "device-debian12"], 1800)
         images = image_ids()
@@ -360,9 +324,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         remove_fleet()
         shutil.rmtree(workdir, ignore_errors=True)
-    version = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "--version"], capture_output=True, text=True, timeout=60
-    ).stdout.split("\n", 1)[0]
     print(f"rollout: {os.cpu_count()} CPUs; {version}; images {SERVER_IMAGE}, {DEVICE_IMAGE}; logs in {logs}")
     print("\n".join([*table(rows), *targets(rows)]))
     return 0

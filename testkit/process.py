@@ -1,4 +1,4 @@
-"""Free loopback ports, polling, and stopping the processes a test or benchmark started."""
+"""Free loopback ports, polling, stopping the processes a test or benchmark started, and CPU time from /proc."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -52,3 +54,19 @@ def processes_marked(marker: str) -> List[int]:
         except OSError:
             continue  # gone, or a kernel thread
     return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (the leader's stat sums its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        raw = handle.read()
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_SECOND
+
+
+def host_cpu_seconds() -> Tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, over all cores: everything running counts."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(value) for value in handle.readline().split()[1:]]
+    total = sum(values[:8])  # guest time is already inside user/nice
+    return (total - values[3] - values[4]) / TICKS_PER_SECOND, total / TICKS_PER_SECOND  # idle, iowait: not busy

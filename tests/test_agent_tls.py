@@ -13,7 +13,7 @@ import bcrypt
 import pytest
 
 from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
-from throwaway_pki import make_pki
+from testkit.pki import make_pki
 
 pytestmark = pytest.mark.integration
 

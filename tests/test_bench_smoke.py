@@ -1,9 +1,9 @@
-"""The benchmark runs end to end in its quick mode and reports all four subjects, the three targets and the
-cost of TLS.
+"""The agent benchmark runs end to end in its quick mode, reports all five subjects and every target,
+and cleans up.
 
 No timing is asserted here (speed targets live in bench/); this proves the benchmark itself works:
-real Pushgateways (one served over TLS with basic auth), the real agent over http and https, the naive
-agent and a real node_exporter, and that it cleans up.
+real Pushgateways (one served over TLS with basic auth), a real Prometheus receiving remote write, the
+real agent in all three modes, the naive agent and a real node_exporter.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ BENCH = ROOT / "bench" / "agent_cost.py"
 ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$"
 
 
-def test_quick_run_reports_five_subjects_the_targets_and_the_tls_and_remote_write_costs() -> None:
+def test_quick_run_reports_five_subjects_and_every_target() -> None:
     marker = f"AGENT_COST_SMOKE={uuid.uuid4().hex}"
     name, value = marker.split("=")
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--cycles", "3", "--processes", "120"],
+        [sys.executable, str(BENCH), "--quick", "--cycles", "3"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -54,21 +54,21 @@ def test_quick_run_reports_five_subjects_the_targets_and_the_tls_and_remote_writ
         assert float(cpu_ms) >= 0
         assert float(rss_mib) > 1  # a real process's peak RSS, read from /proc
     ratio_lines = [
-        r"agent CPU/cycle / node_exporter CPU/scrape = [\d.]+ .*target <= 0\.6 .*(PASS|MISS)",
-        r"agent CPU/cycle / naive CPU/cycle += [\d.]+ .*target <= 0\.5 .*(PASS|MISS)",
-        r"agent peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
-        r"agent TLS CPU/cycle / agent CPU/cycle += [\d.]+ ",
-        r"agent TLS peak RSS / agent peak RSS += [\d.]+ ",
-        r"agent TLS peak RSS = [\d.]+ MB .*target <= 30 MB .*(PASS|MISS)",
-        r"agent RW CPU/cycle / agent CPU/cycle += [\d.]+ .*target <= 1 .*(PASS|MISS)",
+        r"agent CPU/cycle / node_exporter CPU/scrape +=  *[\d.]+ +target <= 0\.6 +(PASS|MISS)",
+        r"agent CPU/cycle / naive CPU/cycle +=  *[\d.]+ +target <= 0\.5 +(PASS|MISS)",
+        r"agent peak RSS += +[\d.]+ MB .*target <= 30 MB +(PASS|MISS)",
+        r"agent TLS CPU/cycle / node_exporter CPU/scrape +=  *[\d.]+ +target <= 0\.6 +(PASS|MISS)",
+        r"agent TLS CPU/cycle / agent CPU/cycle +=  *[\d.]+$",
+        r"agent TLS peak RSS += +[\d.]+ MB .*target <= 30 MB +(PASS|MISS)",
+        r"agent RW CPU/cycle / agent CPU/cycle +=  *[\d.]+ +target <= 1 +(PASS|MISS)",
+        r"agent RW peak RSS += +[\d.]+ MB .*target <= 30 MB +(PASS|MISS)",
     ]
     for pattern in ratio_lines:
-        assert re.search(pattern, out), f"missing ratio line /{pattern}/:\n{out}"
-    # Both agents pushed over one kept-alive connection each: the TLS handshake stays out of the window.
-    assert re.search(r"agent-tls: local port \d+ at the window's start, \d+ at its end \(one connection kept", out), out
-    assert re.search(r"processes on the host during the window: \d+-\d+", out)
-    busy = re.search(r"host busy share: (\d+)% of all CPU time", out)
+        assert re.search(pattern, out, re.MULTILINE), f"missing ratio line /{pattern}/:\n{out}"
+    counts = re.search(r"processes on the host (\d+)-(\d+)", out)
+    assert counts and int(counts.group(1)) >= 150, out
+    busy = re.search(r"host busy share: (\d+)% of all CPU time.*$", out, re.MULTILINE)
     assert busy, out
-    assert ("HOST TOO BUSY" in out) == (int(busy.group(1)) >= 30), out
+    assert busy.group(0).endswith("too busy to count (>= 30 %)") == (int(busy.group(1)) >= 30), out
     assert "Python 3." in out
     assert processes_marked(marker) == [], "the benchmark left processes behind"
