@@ -17,7 +17,7 @@ DEBIAN_PACKAGES=(
   # the real server components the tests start themselves
   prometheus prometheus-pushgateway prometheus-alertmanager prometheus-node-exporter victoria-metrics
   # venv for the controller tools; the agent's distro dependencies for the compatibility test
-  python3-venv python3-psutil python3-prometheus-client python3-snappy python3-protobuf
+  python3-venv python3-psutil python3-snappy python3-protobuf
   # SSH to the lab's and the scenarios' containers, as a real fleet is reached; git for pull mode
   curl ca-certificates make git openssh-client
 )

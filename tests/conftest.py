@@ -11,7 +11,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import pytest
 
@@ -108,15 +108,54 @@ def pushgateway(tmp_path: Path) -> Iterator[Pushgateway]:
     gateway.stop()
 
 
-def agent_command(*args: str, python: str = sys.executable) -> List[str]:
+# Runs a script (argv: refused modules, script, its arguments) with imports of the refused top-level
+# modules failing like a missing package. Any attempt also makes the run exit 1 naming the module,
+# so an import the script wraps in try/except ImportError fails the test as well.
+REFUSING_RUNNER = """
+import runpy, sys
+refused, attempted = set(sys.argv[1].split(",")), []
+
+class Refuse:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] in refused:
+            attempted.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Refuse)
+sys.argv = sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    if attempted:
+        sys.exit(f"refused import attempted: {', '.join(attempted)}")
+"""
+# Installed on the controller for bench/naive_agent.py, never on devices: the agent and the janitor
+# must run without it (docs/agent.md).
+NOT_ON_DEVICES = ("prometheus_client",)
+
+
+def command_refusing(refused: Sequence[str], script: Path, *args: str, python: str = sys.executable) -> List[str]:
+    return [python, "-c", REFUSING_RUNNER, ",".join(refused), str(script), *args]
+
+
+def agent_command(*args: str, python: str = sys.executable, refused: Sequence[str] = ()) -> List[str]:
+    if refused:
+        return command_refusing(refused, AGENT, *args, python=python)
     return [python, str(AGENT), *args]
 
 
-def run_agent(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 30, python: str = sys.executable):
+def run_agent(
+    *args: str,
+    env: Optional[Dict[str, str]] = None,
+    timeout: float = 30,
+    python: str = sys.executable,
+    refused: Sequence[str] = (),
+):
     """Runs the agent to completion with a clean agent environment (no inherited PUSH_* settings)."""
-    return subprocess.run(
-        agent_command(*args, python=python), env=agent_env(env), capture_output=True, text=True, timeout=timeout
-    )
+    command = agent_command(*args, python=python, refused=refused)
+    return subprocess.run(command, env=agent_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 def agent_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import push_monitor as pm
-from conftest import ROOT, agent_command, agent_env, run_agent
+from conftest import NOT_ON_DEVICES, ROOT, agent_command, agent_env, run_agent
 from testkit.process import free_port, stop_process, wait_until
 from testkit.remote_write import Receiver, VictoriaMetrics, decode
 from testkit.server import Prometheus, read_flags, render_server_config
@@ -246,7 +246,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(receiver_render: Path, t
 def test_the_requests_follow_the_remote_write_spec(tmp_path: Path) -> None:
     with Receiver() as receiver:
         result = run_agent("--remote-write", receiver.url, "--once", "--device-serial", "spec", "--job", "j",
-                           "--state-dir", str(tmp_path))  # fmt: skip
+                           "--state-dir", str(tmp_path), refused=NOT_ON_DEVICES)  # fmt: skip
         assert result.returncode == 0, result.stderr
     (request,) = receiver.requests
     assert request.headers["content-encoding"] == "snappy"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import push_monitor as pm
-from conftest import AGENT
+from conftest import AGENT, NOT_ON_DEVICES, run_agent
 
 # ---------------------------------------------------------------------------- identity
 
@@ -127,13 +127,8 @@ def test_unknown_platform_without_machine_id_uses_state_file(tmp_path: Path, mon
 
 
 def test_print_serial_needs_only_the_standard_library(tmp_path: Path) -> None:
-    # Hide psutil and prometheus_client: the role resolves the serial before installing them.
-    code = (
-        "import sys, runpy; sys.modules['psutil'] = None; sys.modules['prometheus_client'] = None;"
-        f"sys.argv = ['push_monitor.py', '--print-serial', '--state-dir', {str(tmp_path)!r}];"
-        f"runpy.run_path({str(AGENT)!r}, run_name='__main__')"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    # The role resolves the serial before installing psutil: not even an attempt to import it.
+    result = run_agent("--print-serial", "--state-dir", str(tmp_path), refused=("psutil", *NOT_ON_DEVICES))
     assert result.returncode == 0, result.stderr
     reported = json.loads(result.stdout)
     assert reported["device_serial"] == pm.resolve_device_serial(None, str(tmp_path))[0]

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import ROOT, LoopbackHTTPServer, Pushgateway, agent_env, run_agent, wait_until
+from conftest import (
+    NOT_ON_DEVICES,
+    ROOT,
+    LoopbackHTTPServer,
+    Pushgateway,
+    agent_env,
+    command_refusing,
+    run_agent,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 JANITOR = ROOT / "files" / "pushgateway_janitor.py"
 
 
 def janitor(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(JANITOR), *args], capture_output=True, text=True, timeout=60, env=agent_env(env)
-    )
+    """The janitor needs the standard library only: every run refuses prometheus_client."""
+    command = command_refusing(NOT_ON_DEVICES, JANITOR, *args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=agent_env(env))
 
 
 def push(gateway: Pushgateway, serial: str, job: str = "device-metrics") -> None:
