@@ -416,6 +416,16 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
     assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("https://other:443/pg", 0.5, "j", 0)
 
 
+def test_the_send_interval_defaults_to_the_interval_or_five_seconds_if_longer() -> None:
+    def send_interval(*argv: str) -> float:
+        return pm.parse_config(["--remote-write", "http://rw", *argv], env={}).send_interval
+
+    assert send_interval() == 5.0
+    assert send_interval("--interval", "30") == 30.0
+    assert send_interval("--remote-write-send-interval", "1") == 1.0
+    assert pm.parse_config(["--remote-write", "http://rw"], env={"REMOTE_WRITE_SEND_INTERVAL": "60"}).send_interval == 60
+
+
 def test_default_timeout_follows_the_interval() -> None:
     assert pm.parse_config(["--interval", "30"], env={}).timeout == 10.0
     assert pm.parse_config(["--interval", "0.5"], env={}).timeout == pytest.approx(0.4)
@@ -447,6 +457,9 @@ def test_default_timeout_follows_the_interval() -> None:
         ([], {"PUSHGATEWAY_PASSWORD": "pw"}, "PUSHGATEWAY_USERNAME"),
         (["--ca-file", "/etc/hostname"], {}, "https://"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--remote-write", "http://rw", "--remote-write-send-interval", "0"], {}, "--remote-write-send-interval"),
+        ([], {"REMOTE_WRITE_URL": "http://rw", "REMOTE_WRITE_SEND_INTERVAL": "soon"}, "REMOTE_WRITE_SEND_INTERVAL"),
+        (["--remote-write", "http://rw", "--interval", "10", "--remote-write-send-interval", "5"], {}, "shorter"),
     ],
 )
 def test_bad_input_is_one_clear_error_naming_its_source(argv, env, blamed) -> None:
