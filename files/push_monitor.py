@@ -1660,6 +1660,8 @@ class SeriesBatch:
                     raise ValueError("not a WriteRequest.timeseries field")
                 length, start = read_varint(payload, position + 1)
                 position = start + length
+                if position > size:
+                    raise IndexError
                 split = start
                 while split < position and payload[split] == LABEL_FIELD:
                     label_length, label_start = read_varint(payload, split + 1)
