@@ -423,7 +423,8 @@ def test_the_send_interval_defaults_to_the_interval_or_five_seconds_if_longer() 
     assert send_interval() == 5.0
     assert send_interval("--interval", "30") == 30.0
     assert send_interval("--remote-write-send-interval", "1") == 1.0
-    assert pm.parse_config(["--remote-write", "http://rw"], env={"REMOTE_WRITE_SEND_INTERVAL": "60"}).send_interval == 60
+    from_env = pm.parse_config(["--remote-write", "http://rw"], env={"REMOTE_WRITE_SEND_INTERVAL": "60"})
+    assert from_env.send_interval == 60
 
 
 def test_default_timeout_follows_the_interval() -> None:
