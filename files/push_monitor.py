@@ -78,7 +78,7 @@ PLAIN_GROUPING_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 # An answer's head and body are read only this far; beyond it the connection is dropped instead.
 MAX_RESPONSE_HEAD = 16384
 MAX_RESPONSE_BODY = 65536
-# The remote-write buffer's bounds (docs/agent.md: about 24 h of the default metric set at 1 s fit).
+# The remote-write buffer's bounds (docs/agent.md: several days of the default metric set at 1 s fit).
 DEFAULT_BUFFER_MAX_BYTES = 512 * 1048576
 DEFAULT_BUFFER_MAX_AGE = 86400.0
 MIN_BUFFER_BYTES, MAX_BUFFER_BYTES = 65536, 1 << 40
