@@ -1,21 +1,8 @@
 #!/usr/bin/env python3
-"""How many devices one server ingests at a 1 s interval: the stock Pushgateway, the roles' server and
-the agent's remote write into the roles' Prometheus, side by side in one run.
-
-Subjects, one after the other on free loopback ports (never sharing the CPU):
-
-  stock         Debian's Pushgateway with its stock flags, scraped by the roles' Prometheus
-  role          the Pushgateway with the flags roles/pushgateway renders, scraped by the roles' Prometheus
-  remote_write  the devices write to the roles' Prometheus (receiver on), as the agent does: one
-                request per send interval holding that interval's 1 s cycles, one TimeSeries per series
-
-The payload is the agent's own: this host's metrics collected with files/push_monitor.py's code
-(top-n 10), one copy per simulated device with its own serial and host name. The devices send from
-two generator processes, each over its own kept-alive connection on a fixed grid with its own phase.
-A step passes with zero failed requests, p99 < 250 ms, >= 95 % of the offered requests made, and the
-data ingested (the gateway: every scrape < 1 s and up == 1; remote write: >= 95 % of the samples sent
-appended). A subject stops after its first failing step. Exit 0 with the results, 1 if the benchmark
-cannot run, 2 on bad input.
+"""How many devices one server ingests at a 1 s interval: the stock Pushgateway (`stock`), the one the
+roles configure (`role`) and the agent's remote write into the roles' Prometheus (`remote_write`), one
+after the other in one run; the method and the results are in docs/benchmarks.md. Exit 0 with the
+results, 1 if the benchmark cannot run, 2 on bad input.
 
     .venv/bin/python bench/ingest.py                          # every subject, the default ramp
     .venv/bin/python bench/ingest.py --quick                  # smoke run: N = 5, 10
