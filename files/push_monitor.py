@@ -1630,7 +1630,8 @@ def _field(tag: int, payload: bytes) -> bytes:
     return bytes((tag << 3 | 2,)) + varint(len(payload)) + payload
 
 
-LABEL_FIELD = 1 << 3 | 2  # TimeSeries.labels: the first byte of each encoded label
+# The tag byte of WriteRequest.timeseries and of TimeSeries.labels: both are field 1, length-delimited.
+FIELD_1 = 1 << 3 | 2
 
 
 class SeriesBatch:
@@ -1656,14 +1657,14 @@ class SeriesBatch:
         position, size = 0, len(payload)
         try:
             while position < size:
-                if payload[position] != 1 << 3 | 2:
+                if payload[position] != FIELD_1:
                     raise ValueError("not a WriteRequest.timeseries field")
                 length, start = read_varint(payload, position + 1)
                 position = start + length
                 if position > size:
                     raise IndexError
                 split = start
-                while split < position and payload[split] == LABEL_FIELD:
+                while split < position and payload[split] == FIELD_1:
                     label_length, label_start = read_varint(payload, split + 1)
                     split = label_start + label_length
                 self.add(payload[start:split], payload[split:position], 0)
@@ -2202,9 +2203,10 @@ class Agent:
             self._outage_started = self.clock()
         if err.kind != self._outage_kind:
             log.error(
-                "push to %s failed: %s; trying again each interval, next message on recovery or a different error",
+                "push to %s failed: %s; trying again each %s, next message on recovery or a different error",
                 self.target,
                 err,
+                "interval" if self.remote_write is None else "send interval",
             )
         else:
             log.debug("push failed again: %s", err)
