@@ -108,6 +108,19 @@ def pushgateway(tmp_path: Path) -> Iterator[Pushgateway]:
     gateway.stop()
 
 
+class FakeClock:
+    """The agent's schedule on a clock that moves only when the agent sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def agent_command(*args: str, python: str = sys.executable) -> List[str]:
     return [python, str(AGENT), *args]
 

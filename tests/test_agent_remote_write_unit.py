@@ -12,6 +12,7 @@ from typing import List
 import pytest
 
 import push_monitor as pm
+from conftest import FakeClock
 from testkit.process import free_port
 from testkit.remote_write import Receiver, Series, decode
 
@@ -92,19 +93,6 @@ def test_replay_merges_buffered_requests_into_the_same_request_as_one_batch() ->
         pm.SeriesBatch().add_request(b"\x0a\x50" + direct.encode()[2:10], 1, 0)  # cut short
     with pytest.raises(ValueError):
         pm.SeriesBatch().add_request(b"\x12\x00", 1, 0)  # not a WriteRequest.timeseries field
-
-
-class FakeClock:
-    """The agent's schedule on a clock that moves only when the agent sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def remote_write_agent(url: str, state_dir: Path, *argv: str) -> pm.Agent:
