@@ -496,7 +496,8 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
     lines = ["", "# largest N that passed"]
     for subject, steps in results.items():
         top = max((st for st in steps if st.passed()), key=lambda st: st.devices, default=None)
-        detail = f" (p99 {top.p99_ms:.1f} ms, scrape {fmt(top.scrape_max_s, '.3f')} s)" if top else ""
+        scrape = "" if top is None or top.remote_write else f", scrape {fmt(top.scrape_max_s, '.3f')} s"
+        detail = f" (p99 {top.p99_ms:.1f} ms{scrape})" if top else ""
         bound = " (ramp ended without a failing step: a lower bound)" if all(st.passed() for st in steps) else ""
         lines.append(f"{subject}: {best[subject]} devices{detail}{bound}")
     stock, role = best.get("stock", 0), best.get("role", 0)
