@@ -7,8 +7,7 @@ Five subjects run at the same time over the same window at the same interval (de
   agent TLS      the same script, pushing to its own Pushgateway served over TLS with basic auth
                  (--web.config.file: a throwaway CA and server certificate, a bcrypt-hashed login)
   agent RW       the same script with --remote-write, writing to its own Prometheus (receiver on;
-                 a write per cycle, --remote-write-send-interval = the interval, so the cycles are its
-                 answered writes, prometheus_http_requests_total)
+                 the cycles are its answered writes, prometheus_http_requests_total)
   naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway), idem
   node_exporter  Debian's prometheus-node-exporter with default collectors, scraped by this script
 
@@ -788,8 +787,7 @@ def start_remote_writer(children: Children, options: Options, workdir: Path) -> 
     logfile = directory / "pusher.log"
     command = [
         options.python, str(AGENT), "--remote-write", receiver.url + "/api/v1/write", "--device-serial",
-        "bench-agent-rw", "--interval", f"{options.interval:g}", "--remote-write-send-interval",
-        f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n),
+        "bench-agent-rw", "--interval", f"{options.interval:g}", "--job", JOB, "--top-n", str(options.top_n),
         "--state-dir", str(directory / "state"),
     ]  # fmt: skip
     process = children.start(command, log=logfile.open("ab"), env=clean_env(workdir))
