@@ -210,7 +210,9 @@ class Bench:
         receiver.start()
         self.processes.append(receiver.process)
         writes = lambda: accepted(Endpoint(receiver.url), "prometheus_http_requests_total", "/api/v1/write")  # noqa: E731
-        sink = ["--remote-write", receiver.url + "/api/v1/write"]
+        # one write per cycle, like a push: CPU per cycle is then counted per answered request
+        send_every = ["--remote-write-send-interval", f"{self.options.interval:g}"]
+        sink = ["--remote-write", receiver.url + "/api/v1/write", *send_every]
         return self.agent("agent remote write (same script)", AGENT, directory, sink, writes)
 
     def agent(self, label: str, script: Path, directory: Path, sink: List[str], count: Callable[[], int]) -> Subject:

@@ -1,40 +1,45 @@
-"""The load generator's worker side for bench/ingest.py: simulated devices pushing over asyncio.
+"""The load generator's worker side for bench/ingest.py: simulated devices sending over asyncio.
 
-Each worker process owns the devices whose index is congruent to its number modulo the worker count,
-keeps one kept-alive HTTP/1.1 connection per device (as the agent does), and pushes each device's
-body on a fixed 1 s grid with a per-device phase, the agent's way: a slot missed by a slow push is
-skipped, not bursted. A push fails on a non-2xx answer, a lost connection or no answer within the
-agent's timeout. Latency runs from writing the request to the last response byte;
-lag is how late the generator itself started a push (its own overload, reported separately).
+Each worker process owns the devices whose index is congruent to its number modulo the worker count
+and keeps one kept-alive HTTP/1.1 connection per device, as the agent does. A device sends on a fixed
+grid (its period: 1 s to a gateway, the send interval for remote write) with its own phase; a slot
+missed by a slow request is skipped, not bursted. A request fails on a non-2xx answer, a lost
+connection or no answer within the timeout. Latency runs from writing the request to the last response
+byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import snappy
+
 from push_monitor import varint  # bench/ingest.py puts files/ on the path
 
-HEADER_END = b"\r\n\r\n"
+
+def timestamp_placeholder(cycle: int) -> int:
+    """The ms timestamp standing for cycle `cycle` of a batch: a 6-byte varint, as current ms
+    timestamps are, whose bytes hardly occur in a request otherwise."""
+    return (1 << 41) + 0x3F_FFFF_FF00 + cycle
+
+
+PLACEHOLDERS = [varint(timestamp_placeholder(cycle)) for cycle in range(64)]
 
 
 @dataclass
 class Device:
-    path: str
-    body: bytes  # the agent's text exposition for this device
-    phase: float
-    # The same samples as a remote-write WriteRequest, TIMESTAMP_PLACEHOLDER where each sample's
-    # timestamp goes (a varint of fixed length: every push gets the current time, compressed anew).
+    path: str  # the device's group at the Pushgateway
+    body: bytes  # the agent's text exposition of one cycle
+    phase: float  # share of its period after the step's start at which it sends
+    # The cycles of one send as the agent encodes them (one TimeSeries per series), cycle i stamped
+    # timestamp_placeholder(i): every send gets the current times and is compressed anew.
     write_request: bytes = b""
-
-
-TIMESTAMP_PLACEHOLDER = bytes((0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F))  # a 6-byte varint, as ms timestamps are
-REMOTE_WRITE_PATH = "/api/v1/write"
+    samples: int = 0  # in write_request
 
 
 @dataclass
@@ -47,17 +52,37 @@ class StepCommand:
     prepopulate_only: bool
     start: float  # time.monotonic() (system-wide on Linux) at which the load starts
     duration: float
-    interval: float
+    period: float  # seconds between a device's requests
     timeout: float
     remote_write: bool = False
+    cycles: int = 1  # remote write: 1 s cycles per request
 
 
 @dataclass
 class StepResult:
     latencies: List[float] = field(default_factory=list)
-    lags: List[float] = field(default_factory=list)
     failures: Counter = field(default_factory=Counter)
-    pushes: int = 0
+
+
+def build_request(device: Device, cmd: StepCommand) -> bytes:
+    if cmd.remote_write:
+        # The cycles of the last cmd.cycles seconds, the newest now.
+        now_ms = int(time.time() * 1000)
+        body = device.write_request
+        for cycle in range(cmd.cycles):
+            body = body.replace(PLACEHOLDERS[cycle], varint(now_ms - 1000 * (cmd.cycles - 1 - cycle)))
+        body = snappy.compress(body)
+        head = (
+            f"POST /api/v1/write HTTP/1.1\r\nHost: {cmd.host}:{cmd.port}\r\nUser-Agent: push_monitor/bench-ingest\r\n"
+            "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n"
+            f"X-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("ascii") + body
+    head = (
+        f"PUT {device.path} HTTP/1.1\r\nHost: {cmd.host}:{cmd.port}\r\nUser-Agent: push_monitor/bench-ingest\r\n"
+        f"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {len(device.body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + device.body
 
 
 class HttpExchange(asyncio.Protocol):
@@ -79,24 +104,15 @@ class HttpExchange(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        status = self._complete_response()
-        if status is not None and self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(status)
-
-    def _complete_response(self) -> Optional[int]:
-        end = self.buffer.find(HEADER_END)
-        if end < 0:
-            return None
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None or self.waiter.done():
+            return
         head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        if len(self.buffer) < end + 4 + length:
-            return None
-        del self.buffer[: end + 4 + length]
-        return int(head[0].split()[1])
+        lengths = [line.split(":", 1)[1] for line in head[1:] if line.lower().startswith("content-length:")]
+        length = int(lengths[0]) if lengths else 0
+        if len(self.buffer) >= end + 4 + length:
+            del self.buffer[: end + 4 + length]
+            self.waiter.set_result(int(head[0].split()[1]))
 
     async def exchange(self, request: bytes, timeout: float) -> int:
         assert self.transport is not None
@@ -110,32 +126,6 @@ class HttpExchange(asyncio.Protocol):
         self.closed = True
 
 
-def build_request(device: Device, cmd: StepCommand) -> bytes:
-    if cmd.remote_write:
-        import snappy
-
-        stamped = device.write_request.replace(TIMESTAMP_PLACEHOLDER, varint(int(time.time() * 1000)))
-        body = snappy.compress(stamped)
-        head = [
-            f"POST {REMOTE_WRITE_PATH} HTTP/1.1",
-            f"Host: {cmd.host}:{cmd.port}",
-            "User-Agent: push_monitor.py/bench-ingest",
-            "Content-Type: application/x-protobuf",
-            "Content-Encoding: snappy",
-            "X-Prometheus-Remote-Write-Version: 0.1.0",
-            f"Content-Length: {len(body)}",
-        ]
-        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
-    lines = [
-        f"PUT {device.path} HTTP/1.1",
-        f"Host: {cmd.host}:{cmd.port}",
-        "User-Agent: push_monitor.py/bench-ingest",
-        "Content-Type: text/plain; version=0.0.4; charset=utf-8",
-        f"Content-Length: {len(device.body)}",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + device.body
-
-
 class Worker:
     """One load-generating process: its share of the devices and their connections across steps."""
 
@@ -147,11 +137,8 @@ class Worker:
         self.populated: set = set()
         self.target: Optional[tuple] = None
 
-    def mine(self, upto: int) -> List[int]:
-        return list(range(self.number, upto, self.count))
-
     def reset_for(self, host: str, port: int) -> None:
-        """A new gateway: every connection and every 'already pushed' mark belongs to the old one."""
+        """A new server: every connection and every 'already sent' mark belongs to the old one."""
         if self.target != (host, port):
             for connection in self.connections.values():
                 connection.close()
@@ -159,87 +146,63 @@ class Worker:
             self.populated.clear()
             self.target = (host, port)
 
-    async def connection(self, index: int, cmd: StepCommand) -> HttpExchange:
-        current = self.connections.get(index)
-        if current is not None and not current.closed:
-            return current
-        loop = asyncio.get_running_loop()
-        connecting = loop.create_connection(HttpExchange, cmd.host, cmd.port)
-        _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
-        self.connections[index] = protocol
-        return protocol
-
     async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
         request = build_request(self.devices[index], cmd)
         started = time.perf_counter()
-        protocol: Optional[HttpExchange] = None
+        protocol = self.connections.get(index)
         try:
-            protocol = await self.connection(index, cmd)
-            remaining = cmd.timeout - (time.perf_counter() - started)
-            status = await protocol.exchange(request, max(remaining, 0.001))
-        except asyncio.TimeoutError:
-            result.failures["timeout"] += 1
-            self._drop(index, protocol)
+            if protocol is None or protocol.closed:
+                connecting = asyncio.get_running_loop().create_connection(HttpExchange, cmd.host, cmd.port)
+                _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
+                self.connections[index] = protocol
+            status = await protocol.exchange(request, max(cmd.timeout - (time.perf_counter() - started), 0.001))
+        except (asyncio.TimeoutError, OSError) as err:
+            # The agent closes a connection after a timeout or error and opens a fresh one next time.
+            result.failures["timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__] += 1
+            if protocol is not None:
+                protocol.close()
+            self.connections.pop(index, None)
             return False
-        except OSError as err:
-            result.failures[f"connection: {type(err).__name__}"] += 1
-            self._drop(index, protocol)
-            return False
-        result.pushes += 1
         if not 200 <= status < 300:
             result.failures[f"http-{status}"] += 1
             return False
         result.latencies.append(time.perf_counter() - started)
         return True
 
-    def _drop(self, index: int, protocol: Optional[HttpExchange]) -> None:
-        # The agent closes a connection after a timeout or error and opens a fresh one next time.
-        if protocol is not None:
-            protocol.close()
-        self.connections.pop(index, None)
-
     async def prepopulate(self, cmd: StepCommand) -> StepResult:
-        """Pushes every new device once so the step starts with N groups in the gateway."""
+        """Sends for every new device once, so the step starts with N groups (or N devices' series)."""
         result = StepResult()
         limit = asyncio.Semaphore(32)
-        prepopulate_cmd = StepCommand(**{**cmd.__dict__, "timeout": max(cmd.timeout, 10.0)})
+        patient = StepCommand(**{**cmd.__dict__, "timeout": max(cmd.timeout, 10.0)})
 
         async def one(index: int) -> None:
             async with limit:
-                if await self.push(index, prepopulate_cmd, result):
+                if await self.push(index, patient, result):
                     self.populated.add(index)
 
-        await asyncio.gather(*(one(i) for i in self.mine(cmd.devices) if i not in self.populated))
+        mine = range(self.number, cmd.devices, self.count)
+        await asyncio.gather(*(one(i) for i in mine if i not in self.populated))
         return result
 
     async def load(self, cmd: StepCommand) -> StepResult:
         result = StepResult()
         end = cmd.start + cmd.duration
-        await asyncio.gather(*(self.device_loop(i, cmd, end, result) for i in self.mine(cmd.devices)))
+        mine = range(self.number, cmd.devices, self.count)
+        await asyncio.gather(*(self.device_loop(i, cmd, end, result) for i in mine))
         return result
 
     async def device_loop(self, index: int, cmd: StepCommand, end: float, result: StepResult) -> None:
-        slot = cmd.start + self.devices[index].phase * cmd.interval
+        slot = cmd.start + self.devices[index].phase * cmd.period
         while slot < end:
             delay = slot - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            result.lags.append(max(0.0, time.monotonic() - slot))
             await self.push(index, cmd, result)
-            # Next slot on this device's grid; slots missed by a slow push are skipped, not bursted.
-            elapsed = time.monotonic() - slot
-            slot += max(1, math.ceil(elapsed / cmd.interval)) * cmd.interval
-
-    def run(self, loop: asyncio.AbstractEventLoop, cmd: StepCommand) -> StepResult:
-        self.reset_for(cmd.host, cmd.port)
-        if cmd.prepopulate_only:
-            return loop.run_until_complete(self.prepopulate(cmd))
-        return loop.run_until_complete(self.load(cmd))
+            slot += max(1, math.ceil((time.monotonic() - slot) / cmd.period)) * cmd.period
 
 
 def worker_main(number: int, count: int, devices: List[Device], pipe) -> None:  # noqa: ANN001 (a Connection)
     """Serves step commands from the pipe until it gets None; answers each with a StepResult."""
-    random.seed(number)
     worker = Worker(number, count, devices)
     # One loop for the worker's life: kept-alive connections belong to it and outlive a step.
     loop = asyncio.new_event_loop()
@@ -248,7 +211,8 @@ def worker_main(number: int, count: int, devices: List[Device], pipe) -> None:  
         if cmd is None:
             break
         try:
-            pipe.send(worker.run(loop, cmd))
+            worker.reset_for(cmd.host, cmd.port)
+            pipe.send(loop.run_until_complete(worker.prepopulate(cmd) if cmd.prepopulate_only else worker.load(cmd)))
         except Exception as err:  # report, do not hang the parent
             pipe.send(err)
     worker.reset_for("", 0)

@@ -78,11 +78,16 @@ PLAIN_GROUPING_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
 # An answer's head and body are read only this far; beyond it the connection is dropped instead.
 MAX_RESPONSE_HEAD = 16384
 MAX_RESPONSE_BODY = 65536
-# The remote-write buffer's bounds (docs/agent.md: about 24 h of the default metric set at 1 s fit).
+# The remote-write buffer's bounds (docs/agent.md: several days of the default metric set at 1 s fit).
 DEFAULT_BUFFER_MAX_BYTES = 512 * 1048576
 DEFAULT_BUFFER_MAX_AGE = 86400.0
 MIN_BUFFER_BYTES, MAX_BUFFER_BYTES = 65536, 1 << 40
 MIN_BUFFER_AGE, MAX_BUFFER_AGE = 60.0, 30 * 86400.0
+# Remote write sends the cycles collected since the last send at most this often by default (when the
+# interval is shorter): the labels of a series go once per request instead of once per cycle, which
+# divides the bytes on the wire and the receiver's work per sample, at the cost of data arriving up
+# to this late. Prometheus' own remote write waits as long (batch_send_deadline: 5s).
+DEFAULT_SEND_INTERVAL = 5.0
 
 
 class ConfigError(Exception):
@@ -177,6 +182,7 @@ class Config(NamedTuple):
     remote_write_url: Optional[str] = None
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     buffer_max_age: float = DEFAULT_BUFFER_MAX_AGE
+    send_interval: Optional[float] = None  # remote write: seconds between sends, >= interval
 
     def __repr__(self) -> str:
         shown = (  # the password never appears in a log or a traceback
@@ -227,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"remote write: buffered samples older than this are dropped [env REMOTE_WRITE_BUFFER_MAX_AGE, "
         f"default {DEFAULT_BUFFER_MAX_AGE:g}]",
+    )
+    add(
+        "--remote-write-send-interval",
+        metavar="SECONDS",
+        help=f"remote write: send the cycles collected since the last send at most this often, at least the "
+        f"interval [env REMOTE_WRITE_SEND_INTERVAL, default max(interval, {DEFAULT_SEND_INTERVAL:g})]",
     )
     add(
         "--interval",
@@ -429,9 +441,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
 
     raw, source = _pick(args, "--pushgateway", env, "PUSHGATEWAY_URL")
     url = validate_url(raw if raw is not None else DEFAULT_PUSHGATEWAY, source)
-    remote_write = _remote_write_settings(args, env, gateway_set=raw is not None)
+    gateway_set = raw is not None
     raw, source = _pick(args, "--interval", env, "PUSH_INTERVAL")
     interval = parse_number(raw, source, MIN_INTERVAL, MAX_INTERVAL) if raw is not None else DEFAULT_INTERVAL
+    remote_write = _remote_write_settings(args, env, gateway_set, interval)
     raw, source = _pick(args, "--job", env, "DEVICE_JOB")
     job = raw if raw is not None else DEFAULT_JOB
     if not job.strip():
@@ -465,8 +478,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, s
     )  # fmt: skip
 
 
-def _remote_write_settings(args: argparse.Namespace, env: Dict[str, str], gateway_set: bool) -> Dict[str, Any]:
-    """The remote-write URL and buffer bounds; empty for the Pushgateway transport."""
+def _remote_write_settings(
+    args: argparse.Namespace, env: Dict[str, str], gateway_set: bool, interval: float
+) -> Dict[str, Any]:
+    """The remote-write URL, send interval and buffer bounds; empty for the Pushgateway transport."""
     raw, source = _pick(args, "--remote-write", env, "REMOTE_WRITE_URL")
     if raw is None:
         return {}
@@ -482,6 +497,13 @@ def _remote_write_settings(args: argparse.Namespace, env: Dict[str, str], gatewa
     raw, source = _pick(args, "--buffer-max-age", env, "REMOTE_WRITE_BUFFER_MAX_AGE")
     if raw is not None:
         settings["buffer_max_age"] = parse_number(raw, source, MIN_BUFFER_AGE, MAX_BUFFER_AGE)
+    raw, source = _pick(args, "--remote-write-send-interval", env, "REMOTE_WRITE_SEND_INTERVAL")
+    if raw is None:
+        settings["send_interval"] = max(interval, DEFAULT_SEND_INTERVAL)
+    else:
+        settings["send_interval"] = parse_number(raw, source, MIN_INTERVAL, MAX_INTERVAL)
+        if settings["send_interval"] < interval:
+            raise ConfigError(f"{source}={raw!r}: must not be shorter than the interval ({interval:g} s)")
     return settings
 
 
@@ -1097,16 +1119,24 @@ class Exposition:
     alone costs the agent about 14 MB of memory and 130 ms of start-up, more than everything else
     together, for what is a few lines of formatting."""
 
-    def __init__(self, device_serial: str, hostname: str, interval: float) -> None:
+    def __init__(
+        self, device_serial: str, hostname: str, interval: float, send_interval: Optional[float] = None
+    ) -> None:
         self.device_labels: Labels = (("device_serial", label_safe(device_serial)), ("hostname", label_safe(hostname)))
         self.labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in self.device_labels)
         self.interval = interval
+        self.send_interval = send_interval  # remote write only
         self.push_failures = 0
         self.buffer: Optional[BufferState] = None  # set in remote-write mode
 
     def families(self, snap: Optional[Snapshot], collected_at: float) -> List[Family]:
         out: List[Family] = []
         self._one(out, "push_monitor_interval_seconds", "gauge", "The agent's push interval in seconds.", self.interval)
+        if self.send_interval is not None:
+            # The fleet rules allow a batching device's data to arrive this late before calling it silent.
+            self._one(out, "push_monitor_send_interval_seconds", "gauge",
+                      "Remote write: seconds between sends; samples arrive up to this late.",
+                      self.send_interval)  # fmt: skip
         self._family(out, "push_monitor_info", "gauge", "Agent version.", [((("version", __version__),), 1)])
         self._one(
             out, "push_monitor_push_failures_total", "counter", "Pushes that failed since the agent started.",
@@ -1124,16 +1154,18 @@ class Exposition:
     def render(self, snap: Optional[Snapshot], collected_at: Optional[float] = None) -> bytes:
         return self.text(self.families(snap, time.time() if collected_at is None else collected_at))
 
-    def text(self, families: Iterable[Family], timestamp_ms: Optional[int] = None) -> bytes:
-        """The text format 0.0.4; with timestamp_ms every sample carries it (as remote write sends it)."""
+    def text(self, families: Iterable[Family], timestamp_ms: Optional[int] = None, job: Optional[str] = None) -> bytes:
+        """The text format 0.0.4; with timestamp_ms every sample carries it and with job its label (as
+        remote write sends them; the Pushgateway takes the job from the group's path)."""
         lines: List[str] = []
         suffix = "" if timestamp_ms is None else f" {timestamp_ms}"
+        labels = self.labels if job is None else f'job="{escape_label_value(label_safe(job))}",{self.labels}'
         for family in families:
             lines.append(f"# HELP {family.name} {family.documentation}")
             lines.append(f"# TYPE {family.name} {family.kind}")
             for extra, value in family.samples:
                 extra_text = "".join(f',{name}="{escape_label_value(text)}"' for name, text in extra)
-                lines.append(f"{family.name}{{{self.labels}{extra_text}}} {format_value(value)}{suffix}")
+                lines.append(f"{family.name}{{{labels}{extra_text}}} {format_value(value)}{suffix}")
         lines.append("")
         return "\n".join(lines).encode("utf-8")
 
@@ -1581,9 +1613,69 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(data: bytes, position: int) -> Tuple[int, int]:
+    """(the varint at position, the position after it)."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
 def _field(tag: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (wire type 2)."""
     return bytes((tag << 3 | 2,)) + varint(len(payload)) + payload
+
+
+# The tag byte of WriteRequest.timeseries and of TimeSeries.labels: both are field 1, length-delimited.
+FIELD_1 = 1 << 3 | 2
+
+
+class SeriesBatch:
+    """The samples of one or more cycles, grouped by series: one TimeSeries per series with its samples
+    in time order, so a request carries a series' labels once however many cycles it holds."""
+
+    def __init__(self) -> None:
+        self.series: Dict[bytes, List[bytes]] = {}  # encoded labels: encoded Sample fields
+        self.samples = 0
+        self.first_ms = 0  # collection time of the oldest cycle, 0 while empty
+
+    def add(self, labels: bytes, samples: bytes, count: int = 1) -> None:
+        kept = self.series.get(labels)
+        if kept is None:
+            self.series[labels] = [samples]
+        else:
+            kept.append(samples)
+        self.samples += count
+
+    def add_request(self, payload: bytes, samples: int, timestamp_ms: int) -> None:
+        """Merges a serialized WriteRequest of this encoder (each TimeSeries: labels, then samples).
+        Raises ValueError if it is not one."""
+        position, size = 0, len(payload)
+        try:
+            while position < size:
+                if payload[position] != FIELD_1:
+                    raise ValueError("not a WriteRequest.timeseries field")
+                length, start = read_varint(payload, position + 1)
+                position = start + length
+                if position > size:
+                    raise IndexError
+                split = start
+                while split < position and payload[split] == FIELD_1:
+                    label_length, label_start = read_varint(payload, split + 1)
+                    split = label_start + label_length
+                self.add(payload[start:split], payload[split:position], 0)
+        except IndexError:
+            raise ValueError("a truncated WriteRequest") from None
+        self.samples += samples
+        self.first_ms = self.first_ms or timestamp_ms
+
+    def encode(self) -> bytes:
+        """The serialized WriteRequest."""
+        return b"".join(_field(1, labels + b"".join(samples)) for labels, samples in self.series.items())
 
 
 class WriteRequestEncoder:
@@ -1598,16 +1690,22 @@ class WriteRequestEncoder:
         self.common = (("job", label_safe(job)), *device_labels)
         self._labels: Dict[Tuple[str, Labels], bytes] = {}
 
-    def encode(self, families: Iterable[Family], timestamp_ms: int) -> Tuple[bytes, int]:
-        """(serialized WriteRequest, number of samples)."""
+    def add(self, batch: SeriesBatch, families: Iterable[Family], timestamp_ms: int) -> None:
+        """Adds one cycle's samples, all stamped timestamp_ms, to the batch."""
         timestamp = b"\x10" + varint(timestamp_ms)
-        parts: List[bytes] = []
+        # TimeSeries.samples field and length, then Sample.value's tag: the same for every sample.
+        head = b"\x12" + varint(9 + len(timestamp)) + b"\x09"
+        pack = struct.pack
         for family in families:
             for extra, value in family.samples:
-                sample = b"\x09" + struct.pack("<d", value) + timestamp
-                series = self._series_labels(family.name, extra) + _field(2, sample)
-                parts.append(_field(1, series))
-        return b"".join(parts), len(parts)
+                batch.add(self._series_labels(family.name, extra), head + pack("<d", value) + timestamp)
+        batch.first_ms = batch.first_ms or timestamp_ms
+
+    def encode(self, families: Iterable[Family], timestamp_ms: int) -> Tuple[bytes, int]:
+        """(serialized WriteRequest of one cycle, number of samples)."""
+        batch = SeriesBatch()
+        self.add(batch, families, timestamp_ms)
+        return batch.encode(), batch.samples
 
     def _series_labels(self, name: str, extra: Labels) -> bytes:
         key = (name, extra)
@@ -1623,8 +1721,9 @@ class WriteRequestEncoder:
         return encoded
 
 
-# A buffer record: payload length, CRC-32 of what follows the CRC, collection time (ms), samples,
-# then the snappy-compressed WriteRequest of one cycle.
+# A buffer record: payload length, CRC-32 of what follows the CRC, collection time (ms) of its oldest
+# cycle, samples, then the snappy-compressed WriteRequest of one send (the cycles collected since the
+# previous send, each series merged).
 RECORD_HEADER = struct.Struct("<IIqI")
 SEGMENT_SUFFIX = ".seg"
 CURSOR_FILE = "cursor"
@@ -1644,13 +1743,13 @@ class Segment:
 
 
 class Record(NamedTuple):
-    timestamp_ms: int
+    timestamp_ms: int  # the oldest cycle's collection time
     samples: int
     payload: bytes  # snappy-compressed WriteRequest
 
 
 class DiskBuffer:
-    """Cycles the server did not take, oldest first, in segment files under the state directory.
+    """Sends the server did not take, oldest first, in segment files under the state directory.
 
     Only an outage writes here. Each record is one os.write() of an O_APPEND file with its length
     and CRC, so a kill (or power loss) during a write leaves at most a torn last record, which a
@@ -1870,13 +1969,15 @@ def _record_crc(record: Record) -> int:
     return zlib.crc32(record.payload, zlib.crc32(struct.pack("<qI", record.timestamp_ms, record.samples)))
 
 
-# Replay: at most one batch of this much buffered (compressed) data per pause, the pause being the
+# Replay: at most one request of this much buffered (compressed) data per pause, the pause being the
 # interval (at least 1 s) times a random factor, the first one spread over REPLAY_START_SPREAD seconds
 # after a recovery, so a fleet reconnecting at once does not arrive at once.
 REPLAY_BATCH_BYTES = 256 * 1024
 REPLAY_MIN_PAUSE = 1.0
 REPLAY_START_SPREAD = 10.0
 BUFFER_DIR = "remote-write-buffer"
+# Slot times are exact multiples of the interval; this absorbs the float error of adding them up.
+SLOT_TOLERANCE = 1e-6
 
 
 def keeps_for_later(err: PushError) -> bool:
@@ -1887,8 +1988,9 @@ def keeps_for_later(err: PushError) -> bool:
 
 
 class RemoteWriteTransport:
-    """Sends each cycle as it is collected; what the server does not take goes to the DiskBuffer and
-    is replayed, oldest first, after the live cycles while the server answers."""
+    """Collects each cycle into a batch and sends it once per send interval, one request with every
+    cycle since the last send; what the server does not take goes to the DiskBuffer and is replayed,
+    oldest first, while the server answers."""
 
     def __init__(self, config: Config, device_labels: Labels, clock: Callable[[], float]) -> None:
         self.compress, self.decompress = load_snappy()
@@ -1897,23 +1999,57 @@ class RemoteWriteTransport:
         state_dir = config.state_dir or default_state_dir()
         self.buffer = DiskBuffer(os.path.join(state_dir, BUFFER_DIR), config.buffer_max_bytes, config.buffer_max_age)
         self.clock = clock
+        self.send_interval = config.send_interval or config.interval
+        self.batch = SeriesBatch()
+        self.next_send: Optional[float] = None  # slot of the next send; None: the next cycle sends
         self.pause = max(config.interval, REPLAY_MIN_PAUSE)
         self.next_replay = clock() + random.uniform(0, REPLAY_START_SPREAD)
         self.refused_logged = False
         self.buffer_error_logged = False
 
-    def send(self, families: List[Family], timestamp_ms: int) -> None:
-        """One live cycle; raises PushError when it did not arrive (kept or dropped, see keeps_for_later)."""
-        payload, samples = self.encoder.encode(families, timestamp_ms)
-        compressed = self.compress(payload)
+    def add(self, families: List[Family], timestamp_ms: int) -> None:
+        self.encoder.add(self.batch, families, timestamp_ms)
+
+    def due(self, slot: Optional[float]) -> bool:
+        """Whether the cycle of this slot sends (None: outside the schedule, always)."""
+        return slot is None or self.next_send is None or slot + SLOT_TOLERANCE >= self.next_send
+
+    def send(self, slot: Optional[float] = None) -> None:
+        """The batch, as one request; raises PushError when it did not arrive (kept or dropped, see
+        keeps_for_later). The batch stays in memory until then: a signal that interrupts the request
+        leaves it for the shutdown's flush()."""
+        if slot is not None:
+            self.next_send = slot + self.send_interval
+        batch = self.batch
+        if not batch.samples:
+            return
+        compressed = self.compress(batch.encode())
         try:
             self.client.write(compressed)
         except PushError as err:
+            # Kept before the batch is let go: a signal in between costs a duplicate, never the data.
             if keeps_for_later(err):
-                self._keep(Record(timestamp_ms, samples, compressed))
+                self._keep(Record(batch.first_ms, batch.samples, compressed))
+                self.batch = SeriesBatch()
                 raise
-            self.buffer.dropped += samples  # logged by the agent, once per kind of failure
-            raise PushError(f"{err}; its {samples} samples dropped (not retried)", err.kind) from None
+            self.buffer.dropped += batch.samples  # logged by the agent, once per kind of failure
+            self.batch = SeriesBatch()
+            raise PushError(f"{err}; its {batch.samples} samples dropped (not retried)", err.kind) from None
+        self.batch = SeriesBatch()
+
+    def flush(self) -> None:
+        """On a clean stop: the cycles not yet sent, in one attempt bounded by the timeout, else kept
+        in the buffer (a refusal drops them, counted and logged)."""
+        samples = self.batch.samples
+        if not samples:
+            return
+        try:
+            self.send()
+        except PushError as err:
+            kept = "kept in the buffer" if keeps_for_later(err) else "dropped"
+            log.warning("stopping: the last %d samples were not sent (%s), %s", samples, err, kept)
+            return
+        log.info("stopping: sent the last %d samples", samples)
 
     def recovered(self) -> None:
         self.next_replay = self.clock() + random.uniform(0, REPLAY_START_SPREAD)
@@ -1935,7 +2071,8 @@ class RemoteWriteTransport:
         self.refused_logged = True
 
     def replay(self, time_left: float) -> None:
-        """At most one batch of the backlog, when one is due and a whole request fits in time_left."""
+        """At most one request of the backlog, its records merged per series, when one is due and a
+        whole request fits in time_left."""
         now = self.clock()
         if not self.buffer.samples or now < self.next_replay or time_left <= self.client.timeout:
             return
@@ -1947,16 +2084,26 @@ class RemoteWriteTransport:
             return
         if not records:
             return
-        batch = self.compress(b"".join(self.decompress(record.payload) for record in records))
+        samples = sum(record.samples for record in records)
         try:
-            self.client.write(batch)
+            self.client.write(self.compress(self._merged(records)))
             self.refused_logged = False
         except PushError as err:
             if keeps_for_later(err):
                 log.debug("replay failed, kept for later: %s", err)
                 return
-            self._refused(err, sum(record.samples for record in records))
+            self._refused(err, samples)
+        except ValueError as err:  # intact on disk (CRC) but not this encoder's: nothing can send it
+            self.buffer.dropped += samples
+            log.error("remote-write buffer: %d samples that cannot be read dropped: %s", samples, err)
         self.buffer.commit(records, offset)
+
+    def _merged(self, records: List[Record]) -> bytes:
+        """The records' WriteRequests as one, each series' samples together in time order."""
+        batch = SeriesBatch()
+        for record in records:
+            batch.add_request(self.decompress(record.payload), record.samples, record.timestamp_ms)
+        return batch.encode()
 
     def close(self) -> None:
         self.client.close()
@@ -1981,7 +2128,8 @@ class Agent:
         self.sleep = sleep
         self.signals = signals or Signals()
         self.sampler = Sampler(config.top_n, clock, config.disabled)
-        self.exposition = Exposition(device_serial, hostname or socket.gethostname(), config.interval)
+        send_interval = config.send_interval if config.remote_write_url else None
+        self.exposition = Exposition(device_serial, hostname or socket.gethostname(), config.interval, send_interval)
         self.remote_write: Optional[RemoteWriteTransport] = None
         if config.remote_write_url:
             self.remote_write = RemoteWriteTransport(config, self.exposition.device_labels, clock)
@@ -1990,7 +2138,8 @@ class Agent:
         else:
             self.client = PushgatewayClient(config, device_serial)
             self.target = config.pushgateway_url
-        self._slot_end: Optional[float] = None  # end of the current slot while run() schedules
+        self._slot: Optional[float] = None  # the current slot while run() schedules
+        self._slot_end: Optional[float] = None
         self._outage_kind: Optional[str] = None
         self._outage_started = 0.0
         self._failed_attempts = 0
@@ -2005,16 +2154,24 @@ class Agent:
         return self.exposition.families(snap, collected_at), int(collected_at * 1000)
 
     def collect(self) -> bytes:
-        """The text exposition of one cycle; in remote-write mode each sample carries its timestamp."""
+        """The text exposition of one cycle; in remote-write mode each sample carries its timestamp and
+        the job label, as they are sent."""
         families, timestamp_ms = self.collect_families()
-        return self.exposition.text(families, timestamp_ms if self.remote_write is not None else None)
+        if self.remote_write is None:
+            return self.exposition.text(families)
+        return self.exposition.text(families, timestamp_ms, self.config.job)
 
     def push_once(self) -> bool:
-        """One cycle: collect, push once, and log only the transitions between healthy and failing."""
+        """One cycle: collect and push once (remote write: add to the batch, sent when due), and log
+        only the transitions between healthy and failing."""
         families, timestamp_ms = self.collect_families()
         try:
             if self.remote_write is not None:
-                self.remote_write.send(families, timestamp_ms)
+                self.remote_write.add(families, timestamp_ms)
+                if not self.remote_write.due(self._slot):
+                    self._replay()
+                    return True
+                self.remote_write.send(self._slot)
             else:
                 self.client.push(self.exposition.text(families))
         except PushError as err:
@@ -2032,19 +2189,24 @@ class Agent:
                 self.remote_write.recovered()
         self._outage_kind = None
         self._failed_attempts = 0
-        if self.remote_write is not None:
+        self._replay()
+        return True
+
+    def _replay(self) -> None:
+        """Remote write, while the last send arrived: a part of the backlog if one is due."""
+        if self.remote_write is not None and self._outage_kind is None:
             time_left = float("inf") if self._slot_end is None else self._slot_end - self.clock()
             self.remote_write.replay(time_left)
-        return True
 
     def _note_failure(self, err: PushError) -> None:
         if self._outage_kind is None:
             self._outage_started = self.clock()
         if err.kind != self._outage_kind:
             log.error(
-                "push to %s failed: %s; trying again each interval, next message on recovery or a different error",
+                "push to %s failed: %s; trying again each %s, next message on recovery or a different error",
                 self.target,
                 err,
+                "interval" if self.remote_write is None else "send interval",
             )
         else:
             log.debug("push failed again: %s", err)
@@ -2065,7 +2227,7 @@ class Agent:
             if remaining > 0:
                 self.sleep(remaining)
             self._log_hangups()
-            self._slot_end = next_slot + interval
+            self._slot, self._slot_end = next_slot, next_slot + interval
             self.push_once()
             cycles += 1
             # Next slot on the fixed grid; slots missed by a slow cycle are skipped, not bursted.
@@ -2111,13 +2273,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as err:
         sys.stderr.write(f"{PROG}: error: cannot keep a device id in the state directory: {err}\n")
         return 2
+    sending = f"every {config.interval:g} s"
+    if config.remote_write_url:
+        sending = f"every {config.send_interval:g} s, collecting every {config.interval:g} s"
     log.info(
-        "device_serial %r from %s; job %r; pushing to %s every %g s",
+        "device_serial %r from %s; job %r; pushing to %s %s",
         serial,
         source,
         config.job,
         config.remote_write_url or config.pushgateway_url,
-        config.interval,
+        sending,
     )
     agent = Agent(config, serial, signals=signals)
     return run_mode(agent, config, signals)
@@ -2141,6 +2306,9 @@ def run_mode(agent: Agent, config: Config, signals: Signals) -> int:
     except ShutdownRequested as reason:
         log.info("%s received, stopping", reason)
     if agent.remote_write is not None:
+        # Not interruptible, as the deletion below: what was collected is sent or kept, never lost.
+        if not config.print_only:
+            agent.remote_write.flush()
         agent.remote_write.close()
     agent.client.close()
     if config.delete_on_exit and not config.print_only:

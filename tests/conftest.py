@@ -108,6 +108,19 @@ def pushgateway(tmp_path: Path) -> Iterator[Pushgateway]:
     gateway.stop()
 
 
+class FakeClock:
+    """The agent's schedule on a clock that moves only when the agent sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 # Runs a script (argv: refused modules, script, its arguments) with imports of the refused top-level
 # modules failing like a missing package. Any attempt also makes the run exit 1 naming the module,
 # so an import the script wraps in try/except ImportError fails the test as well.

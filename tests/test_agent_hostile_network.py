@@ -18,7 +18,7 @@ from typing import Callable, Iterator, List
 import pytest
 
 import push_monitor as pm
-from conftest import Pushgateway, agent_command, agent_env, wait_until
+from conftest import FakeClock, Pushgateway, agent_command, agent_env, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -247,19 +247,6 @@ def test_a_trickling_server_cannot_hold_a_push_beyond_the_timeout(scripted) -> N
 
 
 # ---------------------------------------------------------------------------- one attempt per slot
-
-
-class FakeClock:
-    """The agent's schedule on a clock that moves only when the agent sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.mark.parametrize(

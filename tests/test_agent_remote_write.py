@@ -1,7 +1,8 @@
 """The agent's remote-write transport against real receivers: Prometheus 2.42 configured by the
-prometheus role (receiver on, out-of-order window), Debian's VictoriaMetrics, and a loopback receiver
-that records requests and answers as told. Each sample must arrive stamped with its collection time,
-and nothing collected during an outage may be missing afterwards."""
+prometheus role (receiver on, out-of-order window, its rules), Debian's VictoriaMetrics, and a loopback
+receiver that records requests and answers as told. Each sample must arrive stamped with its collection
+time, batched sends must leave no gap, and nothing collected during an outage or before a stop may be
+missing afterwards."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from conftest import NOT_ON_DEVICES, ROOT, agent_command, agent_env, run_agent
 from testkit.process import free_port, stop_process, wait_until
 from testkit.remote_write import Receiver, VictoriaMetrics, decode
 from testkit.server import Prometheus, read_flags, render_server_config
+from testkit.web import http_get
 
 pytestmark = pytest.mark.integration
 
 INTERVAL = 1.0
+SEND_INTERVAL = pm.DEFAULT_SEND_INTERVAL  # the agent's default at a 1 s interval
 STAMP = "push_monitor_collection_timestamp_seconds"
 OUTAGE_SECONDS = 60
 # Metric names both transports send (the Pushgateway path's core set, tests/test_agent_pushgateway.py).
@@ -32,9 +35,9 @@ CORE_METRICS = {
     "total_cpu_usage_percent", "total_memory_usage_percent", "app_cpu_usage_percent", "app_memory_usage_mb",
     "load_average_1m", "system_processes",
 }  # fmt: skip
-BUFFER_METRICS = {
-    "push_monitor_buffer_samples", "push_monitor_buffer_disk_bytes", "push_monitor_buffer_oldest_age_seconds",
-    "push_monitor_buffer_dropped_samples_total",
+REMOTE_WRITE_METRICS = {
+    "push_monitor_send_interval_seconds", "push_monitor_buffer_samples", "push_monitor_buffer_disk_bytes",
+    "push_monitor_buffer_oldest_age_seconds", "push_monitor_buffer_dropped_samples_total",
 }  # fmt: skip
 
 
@@ -86,6 +89,7 @@ def receiver_render(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {
             "prometheus_remote_write_receiver": True,
             "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
+            "prometheus_evaluation_interval": "1s",  # the DeviceSilent test sees every second
         },
     )
 
@@ -129,19 +133,37 @@ def gaps(timestamps: List[float]) -> List[Tuple[float, float]]:
     return [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a > 2 * INTERVAL]
 
 
-def test_series_arrive_with_the_agents_timestamps_and_the_pushgateway_paths_names(
+def write_requests(prometheus: Prometheus) -> float:
+    """Remote-write requests Prometheus answered with a 2xx, from its own /metrics (not a scrape of them)."""
+    lines = http_get(prometheus.url + "/metrics", 10).decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("prometheus_http_requests_total{")
+        and 'handler="/api/v1/write"' in line
+        and 'code="2' in line
+    )
+
+
+def test_batches_arrive_with_each_cycles_timestamp_no_gap_and_the_pushgateway_paths_names(
     prometheus: Prometheus, tmp_path: Path
 ) -> None:
+    """At the default send interval (5 s at a 1 s interval) each request holds the cycles since the
+    last one, each stamped with its own collection time."""
     agent = RemoteWriteAgent(tmp_path, prometheus.url + "/api/v1/write", "rw-arrive")
     agent.start()
     try:
-        wait_until(lambda: len(stamps(prometheus, "rw-arrive", 60)) >= 3, 60, 0.5, message="three cycles")
+        wait_until(lambda: len(stamps(prometheus, "rw-arrive", 60)) >= 11, 90, 0.5, message="eleven cycles")
     finally:
         agent.stop()
-    for timestamp, collected in stamps(prometheus, "rw-arrive", 60):
+    arrived = stamps(prometheus, "rw-arrive", 120)
+    for timestamp, collected in arrived:
         assert abs(timestamp - collected) < 0.002  # stored at the collection time, not the arrival time
+    assert gaps([timestamp for timestamp, _ in arrived]) == []
+    # The first cycle is sent at once, then one request per send interval (the stop's flush included).
+    assert 2 <= write_requests(prometheus) <= 2 + len(arrived) / SEND_INTERVAL
     names = {series["__name__"] for series in prometheus.api("series", **{"match[]": '{device_serial="rw-arrive"}'})}
-    assert names >= CORE_METRICS | BUFFER_METRICS
+    assert names >= CORE_METRICS | REMOTE_WRITE_METRICS
     info = prometheus.instant('push_monitor_info{device_serial="rw-arrive"}')[0]["metric"]
     assert {k: v for k, v in info.items() if k not in ("hostname", "version")} == {
         "__name__": "push_monitor_info", "job": "rw-test", "device_serial": "rw-arrive",
@@ -162,8 +184,9 @@ def test_no_gap_across_a_prometheus_outage_with_a_steady_and_a_killed_and_restar
 ) -> None:
     """Prometheus stopped for 60 s and started on the same TSDB. Agent "steady" runs throughout;
     agent "restarted" is SIGKILLed during the outage (a torn record appended to its buffer, as a kill
-    mid-write leaves it) and started again. Afterwards both series have a sample every interval,
-    the restarted one apart from the seconds it was not running."""
+    mid-write leaves it) and started again. Both send at the default send interval, so their buffers
+    hold batches. Afterwards both series have a sample every interval, the restarted one apart from
+    the seconds it was not running and the batch it had not yet sent."""
     port = free_port()
     server = role_prometheus(receiver_render, tmp_path, port)
     server.start()
@@ -198,7 +221,8 @@ def test_no_gap_across_a_prometheus_outage_with_a_steady_and_a_killed_and_restar
         restart_gaps = gaps(restarted_times)
         assert len(restart_gaps) <= 1
         for before, after in restart_gaps:
-            assert killed_at - 2 * INTERVAL <= before and after <= killed_at + 15
+            # A kill loses the cycles collected since the last send (nothing is on disk while healthy).
+            assert killed_at - SEND_INTERVAL - 2 * INTERVAL <= before and after <= killed_at + 15
         assert min(restarted_times) < outage_started - 2 and max(restarted_times) > recovered_at
         assert "ends in a torn record" in restarted.log_text()
         for agent in (steady, restarted):
@@ -214,8 +238,9 @@ def test_no_gap_across_a_prometheus_outage_with_a_steady_and_a_killed_and_restar
 def test_a_full_buffer_drops_the_oldest_and_counts_them(receiver_render: Path, tmp_path: Path) -> None:
     port = free_port()
     agent = RemoteWriteAgent(
-        tmp_path, f"http://127.0.0.1:{port}/api/v1/write", "rw-full", "--buffer-max-bytes", "65536", interval=0.1
-    )
+        tmp_path, f"http://127.0.0.1:{port}/api/v1/write", "rw-full", "--buffer-max-bytes", "65536",
+        "--remote-write-send-interval", "0.1", interval=0.1,
+    )  # fmt: skip
     agent.start()
     # The endpoint is down from the start, so the first cycle goes straight into the first segment:
     # every sample stamped before this moment is from the cycles the full buffer must drop first.
@@ -262,7 +287,7 @@ def test_the_requests_follow_the_remote_write_spec(tmp_path: Path) -> None:
 
 def test_a_4xx_drops_the_batch_with_one_line_and_a_5xx_keeps_it(tmp_path: Path) -> None:
     with Receiver(status=400) as receiver:
-        agent = RemoteWriteAgent(tmp_path, receiver.url, "rw-400", interval=0.5)
+        agent = RemoteWriteAgent(tmp_path, receiver.url, "rw-400", "--remote-write-send-interval", "0.5", interval=0.5)
         agent.start()
         try:
             wait_until(lambda: len(receiver.requests) >= 5, 30, 0.1, message="five refused cycles")
@@ -275,7 +300,9 @@ def test_a_4xx_drops_the_batch_with_one_line_and_a_5xx_keeps_it(tmp_path: Path) 
             agent.stop()
     refused = [line for line in agent.log_text().splitlines() if "HTTP 400" in line]
     assert len(refused) == 1 and "dropped (not retried)" in refused[0]
-    dropped = [s.samples[0][1] for s in receiver.series() if s.name == "push_monitor_buffer_dropped_samples_total"]
+    dropped = [
+        v for s in receiver.series() if s.name == "push_monitor_buffer_dropped_samples_total" for _, v in s.samples
+    ]
     assert max(dropped) > 0
 
 
@@ -293,3 +320,64 @@ def test_victoria_metrics_stores_the_agents_samples_with_their_timestamps(tmp_pa
         store.stop()
     for timestamp_ms, collected in zip(series["timestamps"], series["values"]):
         assert abs(timestamp_ms / 1000 - collected) < 0.002
+
+
+def test_sigterm_sends_the_cycles_not_yet_sent(tmp_path: Path) -> None:
+    """A send interval far beyond the test: only the first cycle (sent at once) and the stop's flush
+    can arrive, and together they hold every cycle, contiguous."""
+    with Receiver() as receiver:
+        agent = RemoteWriteAgent(tmp_path, receiver.url, "rw-stop", "--remote-write-send-interval", "3600",
+                                 interval=0.2)  # fmt: skip
+        agent.start()
+        try:
+            wait_until(lambda: receiver.requests, 30, 0.1, message="the first cycle")
+            time.sleep(2)  # cycles to flush
+        finally:
+            agent.stop()
+        assert agent.log_text().count("stopping: sent the last") == 1
+        collected = [
+            [value for one in decode(request.body) if one.name == STAMP for _, value in one.samples]
+            for request in receiver.requests
+        ]
+    assert len(collected) == 2 and len(collected[0]) == 1 and len(collected[1]) >= 3
+    every = sorted(collected[0] + collected[1])
+    assert all(0 < later - earlier < 2 * 0.2 for earlier, later in zip(every, every[1:]))
+
+
+def test_sigterm_keeps_what_the_server_does_not_take(tmp_path: Path) -> None:
+    with Receiver(status=503) as receiver:
+        agent = RemoteWriteAgent(tmp_path, receiver.url, "rw-stop-down", "--remote-write-send-interval", "3600",
+                                 interval=0.2)  # fmt: skip
+        agent.start()
+        try:
+            wait_until(agent.segments, 30, 0.1, message="the first cycle kept")
+            time.sleep(2)
+        finally:
+            agent.stop()
+        sent = sum(len(one.samples) for request in receiver.requests for one in decode(request.body))
+    assert len(receiver.requests) == 2 and "kept in the buffer" in agent.log_text()
+    kept = pm.DiskBuffer(str(agent.buffer_dir), pm.DEFAULT_BUFFER_MAX_BYTES, pm.DEFAULT_BUFFER_MAX_AGE)
+    assert kept.samples == sent
+
+
+def test_devicesilent_waits_a_batching_devices_send_interval(prometheus: Prometheus, tmp_path: Path) -> None:
+    """Interval 0.5 s, send interval 3 s: the newest stored sample is often more than 3 x the interval
+    old, never more than 3 x the send interval; the role's rules must not call the device silent."""
+    serial = "rw-batching"
+    agent = RemoteWriteAgent(tmp_path, prometheus.url + "/api/v1/write", serial, "--remote-write-send-interval", "3",
+                             interval=0.5)  # fmt: skip
+    agent.start()
+    selector = f'{{device_serial="{serial}"}}'
+    try:
+        # The rules evaluated every second over five sends' worth of data.
+        evaluations = f"count_over_time(job_device_serial:push_age:seconds{selector}[20s]) >= 15"
+        wait_until(lambda: prometheus.instant(evaluations), 90, 1, message="15 evaluations of the push age")
+        oldest = prometheus.instant(f"max_over_time(job_device_serial:push_age:seconds{selector}[30s])")
+        silent = prometheus.instant(f"count_over_time(job_device_serial:silent_push_age:seconds{selector}[30s])")
+        interval = prometheus.instant(f"job_device_serial:interval:seconds{selector}")
+        alerts = prometheus.instant(f'ALERTS{{alertname="DeviceSilent",device_serial="{serial}"}}')
+    finally:
+        agent.stop()
+    assert float(oldest[0]["value"][1]) > 3 * 0.5  # what the collection interval alone would call silent
+    assert silent == [] and alerts == []
+    assert float(interval[0]["value"][1]) == 3

@@ -1,5 +1,6 @@
-"""The remote-write pieces of the agent on their own: the hand-written WriteRequest encoder checked by
-the real protobuf package, and the disk buffer on real files (torn and corrupt records, bounds, the
+"""The remote-write pieces of the agent on their own: the hand-written WriteRequest encoder and its
+per-series batches checked by the real protobuf package, the send schedule and the flush on stop
+against a loopback receiver, and the disk buffer on real files (torn and corrupt records, bounds, the
 replay position across a restart)."""
 
 from __future__ import annotations
@@ -8,8 +9,12 @@ import math
 from pathlib import Path
 from typing import List
 
+import pytest
+
 import push_monitor as pm
-from testkit.remote_write import decode
+from conftest import FakeClock
+from testkit.process import free_port
+from testkit.remote_write import Receiver, Series, decode
 
 AWKWARD = ["plain", "with space", 'quote"and\\backslash', "new\nline", "ünïcödé 设备", ""]
 
@@ -37,6 +42,106 @@ def test_protobuf_decodes_the_hand_encoded_request_exactly() -> None:
     assert math.isnan(odd["nan"]) and odd["inf"] == math.inf and odd["big"] == 2**62
     again, _ = encoder.encode(families(), 1_796_000_000_123)  # from the label cache
     assert again == payload
+
+
+START_MS = 1_796_000_000_000
+
+
+def cycle(index: int) -> List[pm.Family]:
+    """A cycle whose values tell it apart; the third app exists only in even cycles (top-N churn)."""
+    apps = [((("app", name),), float(index)) for name in ("a", "b", "c")[: 3 if index % 2 == 0 else 2]]
+    return [pm.Family("app_cpu_usage_percent", "gauge", "d", apps), pm.Family("load_average_1m", "gauge", "d",
+            [((), index + 0.5)])]  # fmt: skip
+
+
+def by_labels(series: List[Series]) -> dict:
+    return {tuple(one.labels): one.samples for one in series}
+
+
+def test_a_batch_sends_each_series_once_with_every_cycles_samples_in_time_order() -> None:
+    encoder = pm.WriteRequestEncoder("j", (("device_serial", "s"), ("hostname", "h")))
+    batch = pm.SeriesBatch()
+    start = START_MS
+    for index in range(5):
+        encoder.add(batch, cycle(index), start + 1000 * index)
+    series = decode(batch.encode(), compressed=False)
+    assert batch.samples == sum(len(one.samples) for one in series) == 5 * 3 + 3
+    assert batch.first_ms == start
+    assert len({one.labels for one in series}) == len(series) == 4  # a series' labels once per request
+    samples = {dict(one.labels).get("app", "load"): one.samples for one in series}
+    assert samples["load"] == tuple((start + 1000 * i, i + 0.5) for i in range(5))
+    assert samples["a"] == tuple((start + 1000 * i, float(i)) for i in range(5))
+    assert samples["c"] == tuple((start + 1000 * i, float(i)) for i in (0, 2, 4))
+    single = [decode(encoder.encode(cycle(i), start + 1000 * i)[0], compressed=False) for i in range(5)]
+    assert sorted(s for one in single for s in one) == sorted(  # the same samples as five requests
+        Series(one.labels, (sample,)) for one in series for sample in one.samples
+    )
+
+
+def test_replay_merges_buffered_requests_into_the_same_request_as_one_batch() -> None:
+    encoder = pm.WriteRequestEncoder("j", (("device_serial", "s"), ("hostname", "h")))
+    direct, merged = pm.SeriesBatch(), pm.SeriesBatch()
+    for first in (0, 2, 4):  # three buffered sends of two cycles each
+        sent = pm.SeriesBatch()
+        for index in (first, first + 1):
+            encoder.add(sent, cycle(index), START_MS + 1000 * index)
+            encoder.add(direct, cycle(index), START_MS + 1000 * index)
+        merged.add_request(sent.encode(), sent.samples, sent.first_ms)
+    assert merged.encode() == direct.encode()
+    assert (merged.samples, merged.first_ms) == (direct.samples, START_MS)
+    with pytest.raises(ValueError):
+        pm.SeriesBatch().add_request(b"\x0a\x50" + direct.encode()[2:10], 1, 0)  # cut short
+    with pytest.raises(ValueError):
+        pm.SeriesBatch().add_request(b"\x12\x00", 1, 0)  # not a WriteRequest.timeseries field
+
+
+def remote_write_agent(url: str, state_dir: Path, *argv: str) -> pm.Agent:
+    config = pm.parse_config(
+        ["--remote-write", url, "--interval", "1", "--top-n", "0", "--state-dir", str(state_dir), *argv], env={}
+    )
+    clock = FakeClock()
+    return pm.Agent(config, "unit", hostname="h", clock=clock, sleep=clock.sleep)
+
+
+def cycles_per_request(receiver: Receiver) -> List[int]:
+    return [
+        len(one.samples)
+        for request in receiver.requests
+        for one in decode(request.body)
+        if one.name == "push_monitor_collection_timestamp_seconds"
+    ]
+
+
+@pytest.mark.parametrize(("send_interval", "expected"), [("5", [1, 5, 5]), ("1", [1] * 11), ("2.5", [1, 3, 3, 3])])
+def test_the_first_cycle_is_sent_at_once_then_a_batch_per_send_interval(
+    tmp_path: Path, send_interval: str, expected: List[int]
+) -> None:
+    with Receiver() as receiver:
+        agent = remote_write_agent(receiver.url, tmp_path, "--remote-write-send-interval", send_interval)
+        agent.run(max_cycles=11)
+        agent.remote_write.close()
+    # 2.5 s on a 1 s grid: the first slot at or after each deadline, so never more often than asked.
+    assert cycles_per_request(receiver) == expected
+    for request in receiver.requests:
+        (stamps,) = [one.samples for one in decode(request.body) if one.name == "push_monitor_send_interval_seconds"]
+        assert {value for _, value in stamps} == {float(send_interval)}
+
+
+def test_a_stop_sends_the_cycles_not_yet_sent_or_keeps_them(tmp_path: Path) -> None:
+    with Receiver() as receiver:
+        agent = remote_write_agent(receiver.url, tmp_path / "up")
+        agent.run(max_cycles=4)  # the first sent, three waiting
+        agent.remote_write.flush()
+        agent.remote_write.close()
+    assert cycles_per_request(receiver) == [1, 3]
+    down = remote_write_agent(f"http://127.0.0.1:{free_port()}/api/v1/write", tmp_path / "down")
+    down.run(max_cycles=4)
+    waiting = down.remote_write.batch.samples
+    kept_before = down.remote_write.buffer.samples
+    down.remote_write.flush()
+    down.remote_write.close()
+    assert waiting and down.remote_write.buffer.samples == kept_before + waiting
+    assert pm.DiskBuffer(str(tmp_path / "down" / pm.BUFFER_DIR), 1 << 30, 3600).samples == kept_before + waiting
 
 
 def record(timestamp_ms: int, size: int = 100) -> pm.Record:

@@ -287,11 +287,13 @@ def test_linux_scanner_keeps_stat_files_open_and_closes_those_of_exited_processe
     child = subprocess.Popen(["sleep", "30"])
     try:
         first = scanner.scan()
-        kept = _open_descriptors()
+        others = _open_descriptors() - len(scanner._open)
         assert str(child.pid) in scanner._open and len(scanner._open) == len(first)
-        # a second scan re-reads the same files: no descriptor more, the same processes
+        # a second scan re-reads the same files: one descriptor per process, nothing else grows
+        # (other processes may come and go on the host meanwhile)
         second = scanner.scan()
-        assert _open_descriptors() == kept and {key for key in second if key[0] == str(child.pid)}
+        assert len(scanner._open) == len(second) and _open_descriptors() - len(scanner._open) == others
+        assert {key for key in second if key[0] == str(child.pid)}
     finally:
         child.kill()
         child.wait()
@@ -411,6 +413,17 @@ def test_environment_overrides_defaults_and_flags_override_environment() -> None
     assert (config.pushgateway_url, config.interval, config.job, config.top_n) == ("https://other:443/pg", 0.5, "j", 0)
 
 
+def test_the_send_interval_defaults_to_the_interval_or_five_seconds_if_longer() -> None:
+    def send_interval(*argv: str) -> float:
+        return pm.parse_config(["--remote-write", "http://rw", *argv], env={}).send_interval
+
+    assert send_interval() == 5.0
+    assert send_interval("--interval", "30") == 30.0
+    assert send_interval("--remote-write-send-interval", "1") == 1.0
+    from_env = pm.parse_config(["--remote-write", "http://rw"], env={"REMOTE_WRITE_SEND_INTERVAL": "60"})
+    assert from_env.send_interval == 60
+
+
 def test_default_timeout_follows_the_interval() -> None:
     assert pm.parse_config(["--interval", "30"], env={}).timeout == 10.0
     assert pm.parse_config(["--interval", "0.5"], env={}).timeout == pytest.approx(0.4)
@@ -442,6 +455,9 @@ def test_default_timeout_follows_the_interval() -> None:
         ([], {"PUSHGATEWAY_PASSWORD": "pw"}, "PUSHGATEWAY_USERNAME"),
         (["--ca-file", "/etc/hostname"], {}, "https://"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--remote-write", "http://rw", "--remote-write-send-interval", "0"], {}, "--remote-write-send-interval"),
+        ([], {"REMOTE_WRITE_URL": "http://rw", "REMOTE_WRITE_SEND_INTERVAL": "soon"}, "REMOTE_WRITE_SEND_INTERVAL"),
+        (["--remote-write", "http://rw", "--interval", "10", "--remote-write-send-interval", "5"], {}, "shorter"),
     ],
 )
 def test_bad_input_is_one_clear_error_naming_its_source(argv, env, blamed) -> None:

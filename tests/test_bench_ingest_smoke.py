@@ -21,13 +21,12 @@ pytestmark = pytest.mark.integration
 
 BENCH = ROOT / "bench" / "ingest.py"
 NUMBER = r"(?:\d+(?:\.\d+)?|n/a)"
-# subject N offered achieved failed p50 p99 lag99 scrape up samples gen% gw% prom% other% scrapeCPU pushCPU load verdict
+# subject N offered achieved failed p99 scrape up samples gen% gw% prom% other% scrapeCPU pushCPU verdict
 ROW = (
     r"^(?P<label>\S+)\s+(?P<n>\d+)\s+(?P<offered>\d+)\s+(?P<achieved>\d+)\s+(?P<failed>\d+)\s+"
-    r"(?P<p50>[\d.]+)\s+(?P<p99>[\d.]+)\s+(?P<lag>[\d.]+)\s+(?P<scrape>" + NUMBER + r")\s+(?P<up>" + NUMBER + r")\s+"
+    r"(?P<p99>[\d.]+)\s+(?P<scrape>" + NUMBER + r")\s+(?P<up>" + NUMBER + r")\s+"
     r"(?P<samples>" + NUMBER + r")\s+(?P<gen>-?[\d.]+)\s+(?P<gw>-?[\d.]+)\s+(?P<prom>-?[\d.]+)\s+(?P<other>-?[\d.]+)\s+"
-    r"(?P<scrape_cpu>" + NUMBER + r")\s+(?P<push_cpu>" + NUMBER + r")\s+"
-    r"[\d.]+ [\d.]+ [\d.]+\s+(?P<verdict>pass|FAIL: .+)$"
+    r"(?P<scrape_cpu>" + NUMBER + r")\s+(?P<push_cpu>" + NUMBER + r")\s+(?P<verdict>pass|FAIL: .+)$"
 )
 
 
@@ -59,18 +58,28 @@ def test_quick_run_reports_every_subject_every_step_and_the_ratios() -> None:
     assert [int(r["n"]) for r in remote_write] == [5, 10][: len(remote_write)] and remote_write, out
     assert len(remote_write) == 2 or remote_write[-1]["verdict"].startswith("FAIL"), out
     assert re.search(r"^ratio remote_write/role = [\d.]+x \(target >= 3x: (PASS|MISS)\)$", out, re.MULTILINE), out
-    assert re.search(r"wire bytes per sample \(request head \+ body\): pushgateway [\d.]+, remote write [\d.]+", out)
+    # Remote write at the agent's default send interval (a request per 5 s) and at one request per cycle.
+    wire = r"wire bytes per sample \(request head \+ body\): pushgateway [\d.]+, remote write ([\d.]+) "
+    batched, single = re.search(wire + r"\(send interval 5 s\), ([\d.]+) \(send interval 1 s\)$", out, re.M).groups()
+    assert float(batched) < float(single), out
+    # A request holds a device's 5 s of 1 s cycles: a fifth of the requests per second, and no scrapes.
+    for step in remote_write:
+        assert int(step["offered"]) == int(step["n"]) // 5 and step["scrape"] == "n/a", out
     ratio = r"^ratio role/stock = (?:[\d.]+x \(|n/a \(stock passed no step; )target >= 20x: (PASS|MISS)\)$"
     assert re.search(ratio, out, re.MULTILINE), out
     assert re.search(r"^role devices = \d+ \(target >= 2000: (PASS|MISS)\)$", out, re.MULTILINE), out
-    assert re.search(r"payload: files/push_monitor.py --print --top-n 10: \d+ series per device", out)
+    assert re.search(r"payload: the agent's collection and encoding, top-n 10: \d+ series per device", out)
     assert re.search(r"gateway flags: .*--persistence.interval=", out), "the role's flags were not rendered"
-    assert re.search(r"load average at start: [\d.]+ [\d.]+ [\d.]+", out)
     assert processes_marked(marker) == [], "the benchmark left processes behind"
 
 
-def test_bad_ramp_is_one_clear_error() -> None:
-    result = subprocess.run([sys.executable, str(BENCH), "--ramp", "50,10"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--ramp", "50,10"], "expected increasing positive device counts"),
+     (["--send-interval", "0"], "expected whole seconds from 1 to 60")],
+)  # fmt: skip
+def test_bad_input_is_one_clear_error(argv: list, message: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCH), *argv], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "expected increasing positive device counts" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr

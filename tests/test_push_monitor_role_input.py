@@ -65,6 +65,11 @@ def first_failure(result: dict) -> tuple:
         ({"push_monitor_pushgateway_url": "ftp://gw:9091"}, "push_monitor_pushgateway_url"),
         ({"push_monitor_top_n": -1}, "push_monitor_top_n"),
         ({"push_monitor_timeout": 5, "push_monitor_interval": 5}, "push_monitor_timeout"),
+        (
+            {"push_monitor_remote_write_send_interval": 2, "push_monitor_interval": 5},
+            "push_monitor_remote_write_send_interval",
+        ),
+        ({"push_monitor_remote_write_send_interval": "soon"}, "push_monitor_remote_write_send_interval"),
         ({"push_monitor_job": ""}, "push_monitor_job"),
         ({"push_monitor_log_level": "LOUD"}, "push_monitor_log_level"),
         ({"push_monitor_pushgateway_password": "secret"}, "push_monitor_pushgateway_username"),
