@@ -112,9 +112,9 @@ def test_outdated_names_what_differs_and_what_must_go(tmp_path: Path, tree: Path
 
 
 @pytest.mark.skipif(not Path("/usr/bin/dpkg-query").exists(), reason="needs dpkg (Debian)")
-def test_missing_packages_in_check_mode_too(tmp_path: Path) -> None:
+def test_installed_packages_in_check_mode_too(tmp_path: Path) -> None:
     packages = ["no-such-package-fleet", "dpkg", "also-not-there-fleet"]
     result = probe(
         tmp_path, {"fleet_paths": [], "fleet_packages": packages, "fleet_wanted": {}, "fleet_content": ""}, check=True
     )
-    assert result["probe"]["missing_packages"] == ["no-such-package-fleet", "also-not-there-fleet"]
+    assert result["probe"]["installed_packages"] == ["dpkg"]

@@ -29,7 +29,7 @@ options:
     elements: path
     default: []
   packages:
-    description: Debian packages to look up with dpkg-query; those not installed are returned.
+    description: Debian packages to look up with dpkg-query.
     type: list
     elements: str
     default: []
@@ -44,14 +44,14 @@ RETURN = r"""
 paths:
   description: "{path: {type (file, directory or other), mode (0644), owner, group, sha1 (files)}} for each existing path."
   type: dict
-missing_packages:
-  description: The given packages dpkg does not list as installed, in the given order.
+installed_packages:
+  description: The given packages dpkg lists as installed, in the given order.
   type: list
 units:
   description: "{unit: {load, active, enabled}} (systemd's LoadState, ActiveState and UnitFileState)."
   type: dict
-units_down:
-  description: The given units that are not both active and enabled (the roles start and enable those), in the given order.
+units_up:
+  description: The given units that are active and enabled, in the given order (the roles start and enable the others).
   type: list
 """
 
@@ -81,14 +81,14 @@ def describe(path: str) -> Dict[str, str]:
     return entry
 
 
-def missing_packages(module: AnsibleModule, packages: List[str]) -> List[str]:
+def installed_packages(module: AnsibleModule, packages: List[str]) -> List[str]:
     if not packages:
         return []
     dpkg_query = module.get_bin_path("dpkg-query", required=True)
-    # Exit status 1 only says that some package is unknown to dpkg: that one is missing too.
+    # Exit status 1 only says that some package is unknown to dpkg: that one is not installed.
     _, out, _ = module.run_command([dpkg_query, "--show", "--showformat=${Package} ${db:Status-Status}\n", *packages])
     installed = {line.split(" ", 1)[0] for line in out.splitlines() if line.endswith(" installed")}
-    return [package for package in packages if package not in installed]
+    return [package for package in packages if package in installed]
 
 
 def unit_states(module: AnsibleModule, units: List[str]) -> Dict[str, Dict[str, str]]:
@@ -128,9 +128,9 @@ def main() -> None:
     module.exit_json(
         changed=False,
         paths={path: describe(path) for path in params["paths"] if os.path.exists(path)},
-        missing_packages=missing_packages(module, params["packages"]),
+        installed_packages=installed_packages(module, params["packages"]),
         units=units,
-        units_down=[unit for unit, state in units.items() if (state["active"], state["enabled"]) != ("active", "enabled")],
+        units_up=[unit for unit, state in units.items() if (state["active"], state["enabled"]) == ("active", "enabled")],
     )
 
 
