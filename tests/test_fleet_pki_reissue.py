@@ -70,7 +70,7 @@ def days_left(cert: Dict[str, str]) -> float:
 @pytest.fixture()
 def issued(tmp_path: Path) -> Path:
     results = run_pki(tmp_path, {})
-    assert "Sign the server certificate with the CA" in ran_crypto(results)
+    assert "fleet_pki : Sign the server certificate with the CA" in ran_crypto(results)
     return tmp_path
 
 
@@ -89,7 +89,7 @@ def test_a_new_name_issues_the_certificate_again(issued: Path) -> None:
     cert_file = issued / "pki" / "servers" / "fleet-server.crt"
     before = certificate(cert_file)
     results = run_pki(issued, {"fleet_pki_server_names": ["metrics.example.net"]})
-    assert "Sign the server certificate with the CA" in ran_crypto(results)
+    assert "fleet_pki : Sign the server certificate with the CA" in ran_crypto(results)
     after = certificate(cert_file)
     assert after["serial"] != before["serial"]
     assert "DNS:metrics.example.net" in after["names"]
@@ -103,7 +103,7 @@ def test_a_certificate_due_for_renewal_is_issued_again(tmp_path: Path) -> None:
     assert days_left(short) < 6
     # Still valid for 5 days, but the defaults renew within 30 days of the end.
     results = run_pki(tmp_path, {})
-    assert "Sign the server certificate with the CA" in ran_crypto(results)
+    assert "fleet_pki : Sign the server certificate with the CA" in ran_crypto(results)
     renewed = certificate(cert_file)
     assert renewed["serial"] != short["serial"]
     assert days_left(renewed) > 800
@@ -113,7 +113,7 @@ def test_a_new_ca_name_makes_a_new_ca_and_signs_the_certificate_with_it(issued: 
     cert_file = issued / "pki" / "servers" / "fleet-server.crt"
     before = certificate(cert_file)
     results = run_pki(issued, {"fleet_pki_ca_common_name": "fleet test CA 2"})
-    assert "Self-sign the CA certificate" in ran_crypto(results)
+    assert "fleet_pki : Self-sign the CA certificate" in ran_crypto(results)
     after = certificate(cert_file)
     assert after["serial"] != before["serial"]
     assert "fleet test CA 2" in after["issuer"]
