@@ -1,0 +1,35 @@
+"""Filters comparing what a role would write with what the fleet_probe module found on the host.
+
+`fleet_file_state`: the entry fleet_probe reports for a file holding `content` with that mode, owner
+and group (the content's SHA-1, as the controller would write it).
+`fleet_outdated`: the paths whose probed state differs from the wanted one. `wanted` maps each
+managed path to the state the role leaves it in ({type, mode, owner, group} and, for a file, sha1;
+{type: absent} for a path the role removes); `installed` is the module's `paths` result, which lists
+only paths that exist. Only the keys a wanted entry names are compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, List, Mapping
+
+ABSENT = {"type": "absent"}
+
+
+def fleet_file_state(content: str, mode: str, owner: str = "root", group: str = "root") -> Dict[str, str]:
+    sha1 = hashlib.sha1(str(content).encode("utf-8")).hexdigest()
+    return {"type": "file", "mode": mode, "owner": owner, "group": group, "sha1": sha1}
+
+
+def fleet_outdated(wanted: Mapping[str, Mapping[str, Any]], installed: Mapping[str, Dict[str, Any]]) -> List[str]:
+    outdated = []
+    for path, state in wanted.items():
+        found = installed.get(path, ABSENT)
+        if any(found.get(key) != value for key, value in state.items()):
+            outdated.append(path)
+    return outdated
+
+
+class FilterModule:
+    def filters(self):
+        return {"fleet_file_state": fleet_file_state, "fleet_outdated": fleet_outdated}

@@ -1,0 +1,138 @@
+#!/usr/bin/python
+"""Module `fleet_probe`: the state of a host's managed files, packages and units in one round trip.
+
+The roles compare what it reports with what they would write (the `fleet_outdated` filter) and run
+their file, package and service tasks only where the two differ, instead of one module call per
+file on every run. It only reads, so it runs the same in check mode.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import stat
+from typing import Callable, Dict, List
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: fleet_probe
+short_description: Reads mode, owner, group and SHA-1 of paths, missing Debian packages and unit states
+description:
+  - Only reads; supports check mode.
+options:
+  paths:
+    description: Paths whose state is reported (those that exist).
+    type: list
+    elements: path
+    default: []
+  packages:
+    description: Debian packages to look up with dpkg-query.
+    type: list
+    elements: str
+    default: []
+  units:
+    description: systemd units whose load, active and unit-file state is reported.
+    type: list
+    elements: str
+    default: []
+"""
+
+RETURN = r"""
+paths:
+  description: "{path: {type (file, directory or other), mode (0644), owner, group, sha1 (files)}} for each existing path."
+  type: dict
+installed_packages:
+  description: The given packages dpkg lists as installed, in the given order.
+  type: list
+units:
+  description: "{unit: {load, active, enabled}} (systemd's LoadState, ActiveState and UnitFileState)."
+  type: dict
+units_up:
+  description: The given units that are active and enabled, in the given order (the roles start and enable the others).
+  type: list
+"""
+
+
+def account_name(lookup: Callable, number: int) -> str:
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def describe(path: str) -> Dict[str, str]:
+    info = os.stat(path)
+    kind = "directory" if stat.S_ISDIR(info.st_mode) else "file" if stat.S_ISREG(info.st_mode) else "other"
+    entry = {
+        "type": kind,
+        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        "owner": account_name(pwd.getpwuid, info.st_uid),
+        "group": account_name(grp.getgrgid, info.st_gid),
+    }
+    if kind == "file":
+        digest = hashlib.sha1()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        entry["sha1"] = digest.hexdigest()
+    return entry
+
+
+def installed_packages(module: AnsibleModule, packages: List[str]) -> List[str]:
+    if not packages:
+        return []
+    dpkg_query = module.get_bin_path("dpkg-query", required=True)
+    # Exit status 1 only says that some package is unknown to dpkg: that one is not installed.
+    _, out, _ = module.run_command([dpkg_query, "--show", "--showformat=${Package} ${db:Status-Status}\n", *packages])
+    installed = {line.split(" ", 1)[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [package for package in packages if package in installed]
+
+
+def unit_states(module: AnsibleModule, units: List[str]) -> Dict[str, Dict[str, str]]:
+    if not units:
+        return {}
+    systemctl = module.get_bin_path("systemctl", required=True)
+    properties = "LoadState,ActiveState,UnitFileState"
+    rc, out, err = module.run_command([systemctl, "show", "--property=" + properties, "--", *units])
+    if rc != 0:
+        module.fail_json(msg="systemctl show failed: " + err.strip())
+    # One block of NAME=value lines per unit, in the order given, separated by empty lines.
+    blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in out.split("\n\n")]
+    blocks = [block for block in blocks if block]
+    if len(blocks) != len(units):
+        module.fail_json(msg=f"systemctl show answered {len(blocks)} blocks for {len(units)} units")
+    return {
+        unit: {
+            "load": block.get("LoadState", ""),
+            "active": block.get("ActiveState", ""),
+            "enabled": block.get("UnitFileState", ""),
+        }
+        for unit, block in zip(units, blocks)
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "paths": {"type": "list", "elements": "path", "default": []},
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "units": {"type": "list", "elements": "str", "default": []},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    units = unit_states(module, params["units"])
+    module.exit_json(
+        changed=False,
+        paths={path: describe(path) for path in params["paths"] if os.path.exists(path)},
+        installed_packages=installed_packages(module, params["packages"]),
+        units=units,
+        units_up=[unit for unit, state in units.items() if (state["active"], state["enabled"]) == ("active", "enabled")],
+    )
+
+
+if __name__ == "__main__":
+    main()
