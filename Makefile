@@ -38,8 +38,8 @@ molecule: setup
 	done
 
 lint: venv
-	$(BIN)/ruff check files tests bench scripts molecule testkit
-	$(BIN)/ruff format --check files tests bench scripts molecule testkit
+	$(BIN)/ruff check files tests bench scripts molecule testkit roles
+	$(BIN)/ruff format --check files tests bench scripts molecule testkit roles
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 

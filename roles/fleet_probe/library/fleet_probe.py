@@ -40,9 +40,13 @@ options:
     default: []
 """
 
+UP = ("active", "enabled")
+
 RETURN = r"""
 paths:
-  description: "{path: {type (file, directory or other), mode (0644), owner, group, sha1 (files)}} for each existing path."
+  description: >-
+    {path: {type (file, directory or other), mode (0644), owner, group, sha1 (files)}} for each
+    existing path.
   type: dict
 installed_packages:
   description: The given packages dpkg lists as installed, in the given order.
@@ -130,7 +134,9 @@ def main() -> None:
         paths={path: describe(path) for path in params["paths"] if os.path.exists(path)},
         installed_packages=installed_packages(module, params["packages"]),
         units=units,
-        units_up=[unit for unit, state in units.items() if (state["active"], state["enabled"]) == ("active", "enabled")],
+        units_up=[
+            name for name, state in units.items() if state["active"] == "active" and state["enabled"] == "enabled"
+        ],
     )
 
 

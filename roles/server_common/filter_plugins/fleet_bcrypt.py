@@ -25,7 +25,7 @@ def bcrypt_base64(data: bytes) -> str:
 
 def fleet_bcrypt(password: str, seed: str, rounds: int = 10) -> str:
     try:
-        import bcrypt
+        import bcrypt  # noqa: PLC0415 - only where a login is hashed; a clear error otherwise
     except ImportError as err:
         raise AnsibleFilterError(
             "fleet_bcrypt needs the Python package bcrypt on the controller (pip install bcrypt)"
@@ -37,7 +37,7 @@ def fleet_bcrypt(password: str, seed: str, rounds: int = 10) -> str:
         raise AnsibleFilterError("fleet_bcrypt: bcrypt uses at most 72 bytes of a password; this one is longer")
     if not 4 <= int(rounds) <= 31:
         raise AnsibleFilterError(f"fleet_bcrypt: rounds must be 4-31, got {rounds}")
-    salt_bytes = hashlib.sha256(f"{seed}\0{password}".encode("utf-8")).digest()[:16]
+    salt_bytes = hashlib.sha256(f"{seed}\0{password}".encode()).digest()[:16]
     salt = f"$2b${int(rounds):02d}${bcrypt_base64(salt_bytes)}".encode("ascii")
     return bcrypt.hashpw(secret, salt).decode("ascii")
 
