@@ -87,12 +87,21 @@ def test_bad_value_stops_before_the_host_changes(tmp_path: Path, extra_vars: dic
     assert all(stats["changed"] == 0 for stats in result["stats"].values())
 
 
+def test_two_bad_values_are_named_in_one_message(tmp_path: Path) -> None:
+    result = run_role(tmp_path, {"push_monitor_top_n": -1, "push_monitor_job": ""})
+    assert result["rc"] != 0
+    name, failure = first_failure(result)
+    assert name == "push_monitor : Check push_monitor_* values"
+    assert "push_monitor_top_n must be" in failure["msg"]
+    assert "push_monitor_job must be" in failure["msg"]
+
+
 def test_good_values_pass_every_input_check(tmp_path: Path) -> None:
     """The control: valid values get past all checks (this machine may then fail on later,
     host-dependent preflight steps, which is not what this test is about)."""
     result = run_role(
         tmp_path, {"push_monitor_interval": 1, "push_monitor_pushgateway_url": "https://gw.example:9091/p"}
     )
-    checks = [(name, res) for name, res in task_results(result) if name.startswith("push_monitor : Check push_monitor")]
-    assert len(checks) >= 7
-    assert [name for name, res in checks if res.get("failed")] == []
+    checks = [(name, res) for name, res in task_results(result) if name == "push_monitor : Check push_monitor_* values"]
+    assert len(checks) == 1
+    assert not checks[0][1].get("failed"), checks[0][1]
