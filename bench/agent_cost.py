@@ -1,19 +1,8 @@
 #!/usr/bin/env python3
-"""What the push agent costs a device, side by side with two yardsticks, in one window.
-
-Subjects, all at the same interval and with the same interpreter:
-
-  agent          files/push_monitor.py pushing to its own Pushgateway
-  agent TLS      the same script, its Pushgateway served over TLS with a bcrypt basic auth login
-  agent RW       the same script with --remote-write into its own Prometheus (receiver on)
-  naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway)
-  node_exporter  Debian's prometheus-node-exporter, scraped by this script each interval
-
-CPU per cycle: utime + stime from /proc/<pid>/stat over the window, divided by the pushes the
-subject's own server accepted (or the scrapes made); peak RSS is VmHWM at the end. The host is first
-brought to >= 300 processes (idle `sleep`s under 25 names, 4 busy ones), each with its own deadline.
-Prints a table and the ratios against the targets, PASS or MISS; exits 0 either way, 1 when the
-benchmark cannot run, 2 on bad options.
+"""What the push agent costs a device (files/push_monitor.py plain, over TLS + basic auth and in remote-write
+mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method
+and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets, PASS or
+MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options.
 
     .venv/bin/python bench/agent_cost.py            # 30 cycles at 1 s, >= 300 processes
     .venv/bin/python bench/agent_cost.py --quick    # smoke run: 4 cycles, >= 150 processes
@@ -117,9 +106,6 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     return Options(cycles, args.interval, args.python, warmup=3, processes=300, busy=4)
 
 
-# /proc readings
-
-
 def peak_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
         for line in handle:
@@ -144,9 +130,6 @@ def machine_line(python: str) -> str:
         f"machine: {os.cpu_count()} CPUs ({model[1] if model else '?'}), Linux {platform.release()}, Debian {debian}; "
         f"agents run by Python {result.stdout.strip()} ({python})"
     )
-
-
-# Processes and servers this script starts
 
 
 class Bench:
@@ -307,9 +290,6 @@ class Subject:
         return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
 
 
-# The window
-
-
 def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: Options) -> None:
     """Imports, first /proc scans and first connections (TLS handshakes) stay out of the window; then each
     pusher's phase: the moment right after a push, seen as its server's count going up."""
@@ -356,9 +336,6 @@ def run_window(
         action()
     busy_after, total_after = host_cpu_seconds()
     return counts, (busy_after - busy_before) / (total_after - total_before)
-
-
-# The report
 
 
 def ratio_line(name: str, value: float, target: float) -> str:

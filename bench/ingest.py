@@ -423,11 +423,6 @@ def start_gateway(flags: List[str], port: int, workdir: Path) -> subprocess.Pope
     return process
 
 
-def stop_server(server: Server) -> None:
-    server.prometheus.stop()
-    stop_process(server.gateway)
-
-
 def samples_appended(server: Server) -> Optional[float]:
     """Prometheus' prometheus_tsdb_head_samples_appended_total, from its /metrics; None when it does not
     answer within 30 s (the step then fails)."""
@@ -461,9 +456,6 @@ class Generator:
             child.close()
             self.pipes.append(parent)
             self.processes.append(process)
-
-    def pids(self) -> List[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
 
     def run(self, cmd: StepCommand, timeout: float) -> StepResult:
         for pipe in self.pipes:
@@ -544,7 +536,11 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     base = StepCommand(server.port, n, remote_write, cycles, duration)
     prepopulated = generator.run(base, timeout=120)
     gateway = [] if server.gateway is None else [server.gateway.pid]
-    pids = {"gen": generator.pids(), "gateway": gateway, "prometheus": [server.prometheus.process.pid]}
+    pids = {
+        "gen": [p.pid for p in generator.processes],
+        "gateway": gateway,
+        "prometheus": [server.prometheus.process.pid],
+    }
     quiet_cpu = quiet_start = quiet_end = 0.0
     if remote_write:
         time.sleep(cycles)  # every sample of the load newer than the prepopulation's: no out-of-order appends
@@ -702,7 +698,8 @@ def ramp_subject(
             if not steps[-1].passed():
                 break
     finally:
-        stop_server(server)
+        server.prometheus.stop()
+        stop_process(server.gateway)
     return steps
 
 
@@ -731,14 +728,10 @@ def run(args: argparse.Namespace) -> None:
         say(line)
 
 
-def interrupt(signum: int, _frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run(args)
     except BenchError as err:
