@@ -34,7 +34,7 @@ try:
     import bcrypt
 
     from testkit.pki import make_pki
-    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, stop_process, wait_until
+    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process, wait_until
     from testkit.server import Prometheus
     from testkit.web import Endpoint
 except ImportError as missing:
@@ -158,17 +158,9 @@ class Bench:
         """A Prometheus-style server on endpoint's loopback port, once it answers /metrics."""
         if not os.access(binary, os.X_OK):
             raise BenchError(f"{binary} not found: run `make host` (scripts/setup-host.sh) first")
-        process = self.start([binary, f"--web.listen-address={endpoint.url.rsplit('/', 1)[1]}", *args], log)
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise BenchError(f"{binary} exited: {log.read_text(errors='replace').strip()[-300:]}")
-            try:
-                return bool(endpoint.get("/metrics", 1.0))
-            except OSError:  # also urllib's HTTPError and ssl's errors
-                return False
-
-        wait_until(answers, 20, message=f"{binary} on {endpoint.url}")
+        argv = [binary, f"--web.listen-address={endpoint.url.rsplit('/', 1)[1]}", *args]
+        process = start_daemon(argv, log, lambda: endpoint.get("/metrics", 1.0), timeout=20)
+        self.processes.append(process)
         return process
 
     def pusher(self, label: str, script: Path, name: str, tls: bool = False) -> Subject:

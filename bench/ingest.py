@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a r
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's collection, path and encoding
 
 import push_monitor as pm  # noqa: E402
-from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, stop_process, wait_until  # noqa: E402
-from testkit.server import Prometheus, read_flags, render_server_config  # noqa: E402
+from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process  # noqa: E402
+from testkit.server import Prometheus, read_flags, role_prometheus  # noqa: E402
 from testkit.web import http_get  # noqa: E402
 
 PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
@@ -378,49 +378,26 @@ class Server:
 def start_server(subject: str, workdir: Path) -> Server:
     gateway_port, prometheus_port = free_port(), free_port()
     remote_write = subject == "remote_write"
+    gateway, flags = None, []
     try:
-        rendered = render_server_config(workdir / "rendered", {
-            "prometheus_rules_dir": str(workdir / "rendered" / "prometheus" / "rules"),
+        prometheus, rendered = role_prometheus(workdir, {
             "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway_port}"],
             "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
             "prometheus_remote_write_receiver": remote_write,
-        })  # fmt: skip
-    except AssertionError as err:
-        raise BenchError(str(err)) from None
-    gateway, flags = None, []
-    if not remote_write:  # the remote_write subject's pushgateway job finds nothing to scrape
-        # This run's own listen address and persistence file (Debian's default one is shared).
-        own = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
-        rendered_flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
-        flags = [f"--web.listen-address=127.0.0.1:{gateway_port}", f"--persistence.file={workdir / 'pushgateway.data'}",
-                 *(flag for flag in rendered_flags if flag.split("=", 1)[0] not in own)]  # fmt: skip
-        gateway = start_gateway(flags, gateway_port, workdir)
-    prometheus = Prometheus(workdir, rendered / "prometheus" / "prometheus.yml",
-                            read_flags(rendered / "flags" / "prometheus.env"), prometheus_port)  # fmt: skip
-    prometheus.args = [a for a in prometheus.args if not a.startswith("--web.config.file=")]
-    try:
+        }, prometheus_port)  # fmt: skip
+        if not remote_write:  # the remote_write subject's pushgateway job finds nothing to scrape
+            # This run's own listen address and persistence file (Debian's default one is shared).
+            own = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
+            rendered_flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
+            flags = [f"--web.listen-address=127.0.0.1:{gateway_port}", f"--persistence.file={workdir / 'gateway.data'}"]
+            flags += [flag for flag in rendered_flags if flag.split("=", 1)[0] not in own]
+            ready = f"http://127.0.0.1:{gateway_port}/-/ready"
+            gateway = start_daemon([PUSHGATEWAY_BIN, *flags], workdir / "pushgateway.log", lambda: http_get(ready, 1))
         prometheus.start()
     except AssertionError as err:
         stop_process(gateway)
         raise BenchError(str(err)) from None
     return Server(gateway, prometheus_port if remote_write else gateway_port, prometheus, flags)
-
-
-def start_gateway(flags: List[str], port: int, workdir: Path) -> subprocess.Popen:
-    log = workdir / "pushgateway.log"
-    process = subprocess.Popen([PUSHGATEWAY_BIN, *flags], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise BenchError(f"the pushgateway exited with {process.returncode}: {log.read_text()[-1000:]}")
-        try:
-            http_get(f"http://127.0.0.1:{port}/-/ready", 1)
-            return True
-        except OSError:
-            return False
-
-    wait_until(ready, 20, 0.1, message=f"pushgateway on port {port}")
-    return process
 
 
 def samples_appended(server: Server) -> Optional[float]:
