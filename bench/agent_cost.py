@@ -31,9 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 try:
-    import bcrypt
-
-    from testkit.pki import make_pki
+    from testkit.pki import web_config
     from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process, wait_until
     from testkit.server import Prometheus
     from testkit.web import Endpoint
@@ -48,7 +46,6 @@ NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
 TLS_USER = "bench-device"
-BCRYPT_COST = 10  # as in tests/test_agent_tls.py
 
 TARGET_VS_NODE_EXPORTER = 0.6
 TARGET_VS_NAIVE = 0.5
@@ -238,17 +235,12 @@ def accepted(endpoint: Endpoint, metric: str, handler: str) -> int:
 
 def tls_setup(directory: Path) -> Tuple[str, List[str], Endpoint]:
     """A throwaway CA and a bcrypt login: the gateway's flag, the agent's flags and this script's endpoint."""
-    ca_file, cert_file, key_file = make_pki(directory, "agent-cost")
     password = secrets.token_urlsafe(24)
     (directory / "password").write_text(password + "\n")
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
-    (directory / "web.yml").write_text(
-        f"tls_server_config:\n  cert_file: {cert_file}\n  key_file: {key_file}\n"
-        f"basic_auth_users:\n  {TLS_USER}: '{hashed}'\n"
-    )
+    config, ca_file = web_config(directory, "agent-cost", TLS_USER, password)
     agent_args = ["--ca-file", str(ca_file), "--username", TLS_USER, "--password-file", str(directory / "password")]
     endpoint = Endpoint(f"https://127.0.0.1:{free_port()}", TLS_USER, password, str(ca_file))
-    return f"--web.config.file={directory / 'web.yml'}", agent_args, endpoint
+    return f"--web.config.file={config}", agent_args, endpoint
 
 
 @dataclass
