@@ -1,19 +1,8 @@
 #!/usr/bin/env python3
-"""What the push agent costs a device, side by side with two yardsticks, in one window.
-
-Subjects, all at the same interval and with the same interpreter:
-
-  agent          files/push_monitor.py pushing to its own Pushgateway
-  agent TLS      the same script, its Pushgateway served over TLS with a bcrypt basic auth login
-  agent RW       the same script with --remote-write into its own Prometheus (receiver on)
-  naive          bench/naive_agent.py (psutil.process_iter + Gauges + push_to_gateway)
-  node_exporter  Debian's prometheus-node-exporter, scraped by this script each interval
-
-CPU per cycle: utime + stime from /proc/<pid>/stat over the window, divided by the pushes the
-subject's own server accepted (or the scrapes made); peak RSS is VmHWM at the end. The host is first
-brought to >= 300 processes (idle `sleep`s under 25 names, 4 busy ones), each with its own deadline.
-Prints a table and the ratios against the targets, PASS or MISS; exits 0 either way, 1 when the
-benchmark cannot run, 2 on bad options.
+"""What the push agent costs a device (files/push_monitor.py plain, over TLS + basic auth and in remote-write
+mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method
+and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets, PASS or
+MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options.
 
     .venv/bin/python bench/agent_cost.py            # 30 cycles at 1 s, >= 300 processes
     .venv/bin/python bench/agent_cost.py --quick    # smoke run: 4 cycles, >= 150 processes
@@ -42,10 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 try:
-    import bcrypt
-
-    from testkit.pki import make_pki
-    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, stop_process, wait_until
+    from testkit.pki import web_config
+    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process, wait_until
     from testkit.server import Prometheus
     from testkit.web import Endpoint
 except ImportError as missing:
@@ -59,7 +46,6 @@ NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
 TLS_USER = "bench-device"
-BCRYPT_COST = 10  # as in tests/test_agent_tls.py
 
 TARGET_VS_NODE_EXPORTER = 0.6
 TARGET_VS_NAIVE = 0.5
@@ -117,9 +103,6 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     return Options(cycles, args.interval, args.python, warmup=3, processes=300, busy=4)
 
 
-# /proc readings
-
-
 def peak_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
         for line in handle:
@@ -144,9 +127,6 @@ def machine_line(python: str) -> str:
         f"machine: {os.cpu_count()} CPUs ({model[1] if model else '?'}), Linux {platform.release()}, Debian {debian}; "
         f"agents run by Python {result.stdout.strip()} ({python})"
     )
-
-
-# Processes and servers this script starts
 
 
 class Bench:
@@ -175,17 +155,9 @@ class Bench:
         """A Prometheus-style server on endpoint's loopback port, once it answers /metrics."""
         if not os.access(binary, os.X_OK):
             raise BenchError(f"{binary} not found: run `make host` (scripts/setup-host.sh) first")
-        process = self.start([binary, f"--web.listen-address={endpoint.url.rsplit('/', 1)[1]}", *args], log)
-
-        def answers() -> bool:
-            if process.poll() is not None:
-                raise BenchError(f"{binary} exited: {log.read_text(errors='replace').strip()[-300:]}")
-            try:
-                return bool(endpoint.get("/metrics", 1.0))
-            except OSError:  # also urllib's HTTPError and ssl's errors
-                return False
-
-        wait_until(answers, 20, message=f"{binary} on {endpoint.url}")
+        argv = [binary, f"--web.listen-address={endpoint.url.rsplit('/', 1)[1]}", *args]
+        process = start_daemon(argv, log, lambda: endpoint.get("/metrics", 1.0), timeout=20)
+        self.processes.append(process)
         return process
 
     def pusher(self, label: str, script: Path, name: str, tls: bool = False) -> Subject:
@@ -263,17 +235,12 @@ def accepted(endpoint: Endpoint, metric: str, handler: str) -> int:
 
 def tls_setup(directory: Path) -> Tuple[str, List[str], Endpoint]:
     """A throwaway CA and a bcrypt login: the gateway's flag, the agent's flags and this script's endpoint."""
-    ca_file, cert_file, key_file = make_pki(directory, "agent-cost")
     password = secrets.token_urlsafe(24)
     (directory / "password").write_text(password + "\n")
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
-    (directory / "web.yml").write_text(
-        f"tls_server_config:\n  cert_file: {cert_file}\n  key_file: {key_file}\n"
-        f"basic_auth_users:\n  {TLS_USER}: '{hashed}'\n"
-    )
+    config, ca_file = web_config(directory, "agent-cost", TLS_USER, password)
     agent_args = ["--ca-file", str(ca_file), "--username", TLS_USER, "--password-file", str(directory / "password")]
     endpoint = Endpoint(f"https://127.0.0.1:{free_port()}", TLS_USER, password, str(ca_file))
-    return f"--web.config.file={directory / 'web.yml'}", agent_args, endpoint
+    return f"--web.config.file={config}", agent_args, endpoint
 
 
 @dataclass
@@ -305,9 +272,6 @@ class Subject:
     @property
     def cpu_ms_per_cycle(self) -> float:
         return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
-
-
-# The window
 
 
 def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: Options) -> None:
@@ -356,9 +320,6 @@ def run_window(
         action()
     busy_after, total_after = host_cpu_seconds()
     return counts, (busy_after - busy_before) / (total_after - total_before)
-
-
-# The report
 
 
 def ratio_line(name: str, value: float, target: float) -> str:

@@ -13,6 +13,8 @@ results, 1 if the benchmark cannot run, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -25,25 +27,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import snappy
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a real Prometheus
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's collection, path and encoding
 
-from ingest_load import Device, StepCommand, StepResult, build_request, timestamp_placeholder, worker_main  # noqa: E402
-
 import push_monitor as pm  # noqa: E402
-from testkit.process import free_port, stop_process, wait_until  # noqa: E402
-from testkit.server import Prometheus, read_flags, render_server_config  # noqa: E402
+from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process  # noqa: E402
+from testkit.server import Prometheus, read_flags, role_prometheus  # noqa: E402
 from testkit.web import http_get  # noqa: E402
 
 PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
 PROMETHEUS_BIN = "/usr/bin/prometheus"
-TICKS = os.sysconf("SC_CLK_TCK")
 DEFAULT_RAMP = "25,50,100,250,500,1000,1500,2000,2500,3000,3500,4000"
 QUICK_RAMP = "5,10"
 # Interfaces of the containers other jobs run here: a device has none, and keeping them would make
@@ -65,6 +66,204 @@ SUBJECTS = {
     "role": "the flags roles/pushgateway renders",
     "remote_write": "the agent's remote write to the role's Prometheus, receiver on",
 }
+
+
+# The load generator: each worker process owns every WORKERS-th device and keeps one kept-alive HTTP/1.1
+# connection per device, as the agent does. Latency runs from writing the request to the last response byte.
+
+
+def timestamp_placeholder(cycle: int) -> int:
+    """The ms timestamp standing for cycle `cycle` of a batch: a 6-byte varint, as current ms
+    timestamps are, whose bytes hardly occur in a request otherwise."""
+    return (1 << 41) + 0x3F_FFFF_FF00 + cycle
+
+
+PLACEHOLDERS = [pm.varint(timestamp_placeholder(cycle)) for cycle in range(64)]
+
+
+@dataclass
+class Device:
+    path: str  # the device's group at the Pushgateway
+    body: bytes  # the agent's text exposition of one cycle
+    phase: float  # share of its period after the step's start at which it sends
+    # The cycles of one send as the agent encodes them (one TimeSeries per series), cycle i stamped
+    # timestamp_placeholder(i): every send gets the current times and is compressed anew.
+    write_request: bytes = b""
+    samples: int = 0  # in write_request
+
+
+@dataclass
+class StepCommand:
+    """What one worker does for one step; sent over a pipe, so plain data only."""
+
+    port: int
+    devices: int  # devices 0..devices-1 exist in this step
+    remote_write: bool
+    cycles: int  # 1 s cycles per request, and so seconds between a device's requests
+    duration: float = 0.0
+    start: Optional[float] = None  # time.monotonic() (system-wide) the load starts; None: send once for new devices
+    timeout: float = TIMEOUT
+
+
+@dataclass
+class StepResult:
+    latencies: List[float] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)
+
+
+def build_request(device: Device, cmd: StepCommand) -> bytes:
+    if cmd.remote_write:
+        # The cycles of the last cmd.cycles seconds, the newest now.
+        now_ms = int(time.time() * 1000)
+        body = device.write_request
+        for cycle in range(cmd.cycles):
+            body = body.replace(PLACEHOLDERS[cycle], pm.varint(now_ms - 1000 * (cmd.cycles - 1 - cycle)))
+        body = snappy.compress(body)
+        line = "POST /api/v1/write"
+        kind = "application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0"
+    else:
+        body, line, kind = device.body, f"PUT {device.path}", "text/plain; version=0.0.4; charset=utf-8"
+    head = (
+        f"{line} HTTP/1.1\r\nHost: 127.0.0.1:{cmd.port}\r\nUser-Agent: push_monitor/bench-ingest\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class HttpExchange(asyncio.Protocol):
+    """One HTTP/1.1 client connection: a request at a time, the response framed by Content-Length."""
+
+    def __init__(self) -> None:
+        self.transport: Optional[asyncio.Transport] = None
+        self.buffer = bytearray()
+        self.waiter: Optional[asyncio.Future] = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None or self.waiter.done():
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        lengths = [line.split(":", 1)[1] for line in head[1:] if line.lower().startswith("content-length:")]
+        length = int(lengths[0]) if lengths else 0
+        if len(self.buffer) >= end + 4 + length:
+            del self.buffer[: end + 4 + length]
+            self.waiter.set_result(int(head[0].split()[1]))
+
+    async def exchange(self, request: bytes, timeout: float) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await asyncio.wait_for(self.waiter, timeout)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+
+class Worker:
+    """One load-generating process: its share of the devices and their connections across steps."""
+
+    def __init__(self, number: int, count: int, devices: List[Device]) -> None:
+        self.number = number
+        self.count = count
+        self.devices = devices
+        self.connections: Dict[int, HttpExchange] = {}
+        self.populated: set = set()
+        self.port = 0
+
+    def reset_for(self, port: int) -> None:
+        """A new server: every connection and every 'already sent' mark belongs to the old one."""
+        if self.port != port:
+            for connection in self.connections.values():
+                connection.close()
+            self.connections.clear()
+            self.populated.clear()
+            self.port = port
+
+    async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
+        request = build_request(self.devices[index], cmd)
+        started = time.perf_counter()
+        protocol = self.connections.get(index)
+        try:
+            if protocol is None or protocol.closed:
+                connecting = asyncio.get_running_loop().create_connection(HttpExchange, "127.0.0.1", cmd.port)
+                _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
+                self.connections[index] = protocol
+            status = await protocol.exchange(request, max(cmd.timeout - (time.perf_counter() - started), 0.001))
+        except (asyncio.TimeoutError, OSError) as err:
+            # The agent closes a connection after a timeout or error and opens a fresh one next time.
+            result.failures["timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__] += 1
+            if protocol is not None:
+                protocol.close()
+            self.connections.pop(index, None)
+            return False
+        if not 200 <= status < 300:
+            result.failures[f"http-{status}"] += 1
+            return False
+        result.latencies.append(time.perf_counter() - started)
+        return True
+
+    async def prepopulate(self, cmd: StepCommand) -> StepResult:
+        """Sends for every new device once, so the step starts with N groups (or N devices' series)."""
+        result = StepResult()
+        limit = asyncio.Semaphore(32)
+        patient = dataclasses.replace(cmd, timeout=max(cmd.timeout, 10.0))
+
+        async def one(index: int) -> None:
+            async with limit:
+                if await self.push(index, patient, result):
+                    self.populated.add(index)
+
+        mine = range(self.number, cmd.devices, self.count)
+        await asyncio.gather(*(one(i) for i in mine if i not in self.populated))
+        return result
+
+    async def load(self, cmd: StepCommand) -> StepResult:
+        result = StepResult()
+        assert cmd.start is not None
+        mine = range(self.number, cmd.devices, self.count)
+        await asyncio.gather(*(self.device_loop(i, cmd, cmd.start, result) for i in mine))
+        return result
+
+    async def device_loop(self, index: int, cmd: StepCommand, start: float, result: StepResult) -> None:
+        slot, end = start + self.devices[index].phase * cmd.cycles, start + cmd.duration
+        while slot < end:
+            delay = slot - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.push(index, cmd, result)
+            slot += max(1, math.ceil((time.monotonic() - slot) / cmd.cycles)) * cmd.cycles
+
+
+def worker_main(number: int, count: int, devices: List[Device], pipe) -> None:  # noqa: ANN001 (a Connection)
+    """Serves step commands from the pipe until it gets None; answers each with a StepResult."""
+    worker = Worker(number, count, devices)
+    # One loop for the worker's life: kept-alive connections belong to it and outlive a step.
+    loop = asyncio.new_event_loop()
+    while True:
+        cmd = pipe.recv()
+        if cmd is None:
+            break
+        try:
+            worker.reset_for(cmd.port)
+            pipe.send(loop.run_until_complete(worker.prepopulate(cmd) if cmd.start is None else worker.load(cmd)))
+        except Exception as err:  # report, do not hang the parent
+            pipe.send(err)
+    worker.reset_for(0)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    pipe.close()
 
 
 class BenchError(Exception):
@@ -109,11 +308,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.ramp = args.ramp or parse_ramp(QUICK_RAMP if args.quick else DEFAULT_RAMP)
     args.duration = args.duration or (3 if args.quick else 15)
     return args
-
-
-# ---------------------------------------------------------------------------------------------
-# The payload: the agent's own collection and encoding, one copy per device
-# ---------------------------------------------------------------------------------------------
 
 
 def device_cycles(count: int) -> List[List[pm.Family]]:
@@ -168,34 +362,9 @@ def build_devices(count: int, cycles: List[List[pm.Family]], send_interval: int)
 def wire_bytes_per_sample(cycles: List[List[pm.Family]], remote_write: bool, send_interval: int = 1) -> float:
     """Request bytes (head and body, as sent) per sample, over 200 devices."""
     devices = build_devices(200, cycles, send_interval)
-    command = StepCommand("127.0.0.1", 9090, 200, False, 0.0, 1.0, 1.0, 1.0, remote_write, send_interval)
+    command = StepCommand(9090, 200, remote_write, send_interval)
     samples = devices[0].samples if remote_write else sum(len(family.samples) for family in cycles[0])
     return sum(len(build_request(device, command)) for device in devices) / 200 / samples
-
-
-# ---------------------------------------------------------------------------------------------
-# /proc readings
-# ---------------------------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """utime + stime of a process (all threads) in seconds; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def machine_cpu() -> Tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, over all cores."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / TICKS, sum(values[:8]) / TICKS
-
-
-# ---------------------------------------------------------------------------------------------
-# The servers
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -209,54 +378,26 @@ class Server:
 def start_server(subject: str, workdir: Path) -> Server:
     gateway_port, prometheus_port = free_port(), free_port()
     remote_write = subject == "remote_write"
+    gateway, flags = None, []
     try:
-        rendered = render_server_config(workdir / "rendered", {
-            "prometheus_rules_dir": str(workdir / "rendered" / "prometheus" / "rules"),
+        prometheus, rendered = role_prometheus(workdir, {
             "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway_port}"],
             "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
             "prometheus_remote_write_receiver": remote_write,
-        })  # fmt: skip
-    except AssertionError as err:
-        raise BenchError(str(err)) from None
-    gateway, flags = None, []
-    if not remote_write:  # the remote_write subject's pushgateway job finds nothing to scrape
-        # This run's own listen address and persistence file (Debian's default one is shared).
-        own = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
-        rendered_flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
-        flags = [f"--web.listen-address=127.0.0.1:{gateway_port}", f"--persistence.file={workdir / 'pushgateway.data'}",
-                 *(flag for flag in rendered_flags if flag.split("=", 1)[0] not in own)]  # fmt: skip
-        gateway = start_gateway(flags, gateway_port, workdir)
-    prometheus = Prometheus(workdir, rendered / "prometheus" / "prometheus.yml",
-                            read_flags(rendered / "flags" / "prometheus.env"), prometheus_port)  # fmt: skip
-    prometheus.args = [a for a in prometheus.args if not a.startswith("--web.config.file=")]
-    try:
+        }, prometheus_port)  # fmt: skip
+        if not remote_write:  # the remote_write subject's pushgateway job finds nothing to scrape
+            # This run's own listen address and persistence file (Debian's default one is shared).
+            own = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
+            rendered_flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
+            flags = [f"--web.listen-address=127.0.0.1:{gateway_port}", f"--persistence.file={workdir / 'gateway.data'}"]
+            flags += [flag for flag in rendered_flags if flag.split("=", 1)[0] not in own]
+            ready = f"http://127.0.0.1:{gateway_port}/-/ready"
+            gateway = start_daemon([PUSHGATEWAY_BIN, *flags], workdir / "pushgateway.log", lambda: http_get(ready, 1))
         prometheus.start()
     except AssertionError as err:
         stop_process(gateway)
         raise BenchError(str(err)) from None
     return Server(gateway, prometheus_port if remote_write else gateway_port, prometheus, flags)
-
-
-def start_gateway(flags: List[str], port: int, workdir: Path) -> subprocess.Popen:
-    log = workdir / "pushgateway.log"
-    process = subprocess.Popen([PUSHGATEWAY_BIN, *flags], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise BenchError(f"the pushgateway exited with {process.returncode}: {log.read_text()[-1000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_until(ready, 20, 0.1, message=f"pushgateway on port {port}")
-    return process
-
-
-def stop_server(server: Server) -> None:
-    server.prometheus.stop()
-    stop_process(server.gateway)
 
 
 def samples_appended(server: Server) -> Optional[float]:
@@ -293,9 +434,6 @@ class Generator:
             self.pipes.append(parent)
             self.processes.append(process)
 
-    def pids(self) -> List[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
-
     def run(self, cmd: StepCommand, timeout: float) -> StepResult:
         for pipe in self.pipes:
             pipe.send(cmd)
@@ -322,11 +460,6 @@ class Generator:
             if process.is_alive():
                 process.kill()
                 process.join(5)
-
-
-# ---------------------------------------------------------------------------------------------
-# One step
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -377,10 +510,14 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     cycles = args.send_interval if remote_write else 1
     # Whole send intervals: every device sends as often in the window.
     duration = math.ceil(args.duration / cycles) * cycles
-    base = StepCommand("127.0.0.1", server.port, n, True, 0.0, duration, cycles, TIMEOUT, remote_write, cycles)
+    base = StepCommand(server.port, n, remote_write, cycles, duration)
     prepopulated = generator.run(base, timeout=120)
     gateway = [] if server.gateway is None else [server.gateway.pid]
-    pids = {"gen": generator.pids(), "gateway": gateway, "prometheus": [server.prometheus.process.pid]}
+    pids = {
+        "gen": [p.pid for p in generator.processes],
+        "gateway": gateway,
+        "prometheus": [server.prometheus.process.pid],
+    }
     quiet_cpu = quiet_start = quiet_end = 0.0
     if remote_write:
         time.sleep(cycles)  # every sample of the load newer than the prepopulation's: no out-of-order appends
@@ -388,18 +525,18 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
         # Scrapes without pushes: the gateway's CPU per scrape of N groups, a figure that contention on
         # a shared machine stretches in time but hardly changes.
         time.sleep(1.5)
-        quiet_cpu, quiet_start = sum(map(process_cpu, gateway)), time.time()
+        quiet_cpu, quiet_start = sum(map(process_cpu_seconds, gateway)), time.time()
         time.sleep(QUIET_SECONDS)
-        quiet_cpu, quiet_end = sum(map(process_cpu, gateway)) - quiet_cpu, time.time()
-    cpu_before = {k: sum(map(process_cpu, v)) for k, v in pids.items()}
-    busy_before, total_before = machine_cpu()
+        quiet_cpu, quiet_end = sum(map(process_cpu_seconds, gateway)) - quiet_cpu, time.time()
+    cpu_before = {k: sum(map(process_cpu_seconds, v)) for k, v in pids.items()}
+    busy_before, total_before = host_cpu_seconds()
     wall_start = time.time() + 0.5
     appended_before = samples_appended(server) if remote_write else None
-    load = StepCommand(**{**base.__dict__, "prepopulate_only": False, "start": time.monotonic() + 0.5})
+    load = dataclasses.replace(base, start=time.monotonic() + 0.5)
     result = generator.run(load, timeout=duration + 60)
     wall_end = time.time()
-    busy_after, total_after = machine_cpu()
-    used = {k: sum(map(process_cpu, v)) - cpu_before[k] for k, v in pids.items()}
+    busy_after, total_after = host_cpu_seconds()
+    used = {k: sum(map(process_cpu_seconds, v)) - cpu_before[k] for k, v in pids.items()}
     cpu = {k: 100 * seconds / (total_after - total_before) for k, seconds in used.items()}
     cpu["machine"] = 100 * (busy_after - busy_before) / (total_after - total_before)
     cpu["other"] = cpu["machine"] - cpu["gen"] - cpu["gateway"] - cpu["prometheus"]
@@ -518,11 +655,6 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
-
-
 def ramp_subject(
     subject: str, args: argparse.Namespace, generator: Generator, workdir: Path, deadline: float
 ) -> List[Step]:
@@ -543,7 +675,8 @@ def ramp_subject(
             if not steps[-1].passed():
                 break
     finally:
-        stop_server(server)
+        server.prometheus.stop()
+        stop_process(server.gateway)
     return steps
 
 
@@ -572,14 +705,10 @@ def run(args: argparse.Namespace) -> None:
         say(line)
 
 
-def interrupt(signum: int, _frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, interrupt)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run(args)
     except BenchError as err:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "files"))
 
 import push_monitor as pm  # noqa: E402
 from testkit.process import stop_process, wait_until  # noqa: E402
-from testkit.server import Prometheus, read_flags, render_server_config  # noqa: E402
+from testkit.server import role_prometheus  # noqa: E402
 
 AGENT = ROOT / "files" / "push_monitor.py"
 SERIAL = "bench-replay"
@@ -61,19 +61,7 @@ def run(hours: float) -> List[str]:
     seconds = int(hours * 3600)
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         workdir = Path(tmp)
-        rendered = render_server_config(
-            workdir / "render",
-            {
-                "prometheus_remote_write_receiver": True,
-                "prometheus_rules_dir": str(workdir / "render" / "prometheus" / "rules"),
-            },
-        )
-        flags = [
-            f
-            for f in read_flags(rendered / "flags" / "prometheus.env")
-            if not f.startswith("--web.config.file=")  # plain HTTP on loopback
-        ]
-        prometheus = Prometheus(workdir, rendered / "prometheus" / "prometheus.yml", flags)
+        prometheus, _ = role_prometheus(workdir, {"prometheus_remote_write_receiver": True})
         prometheus.start()
         agent: Optional[subprocess.Popen] = None
         try:

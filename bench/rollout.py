@@ -1,13 +1,7 @@
 #!/usr/bin/env python3
-"""How long `ansible-playbook site.yml` takes onto 1, 5, 10 and 20 devices, first run and no-change rerun,
-over three connections: podman (`podman exec`), ssh (SSH as root with the project's ansible.cfg) and
-mitogen (the same SSH with ANSIBLE_STRATEGY=mitogen_linear).
-
-Each (size, connection) gets fresh systemd containers (one server, N devices, from the images
-scripts/images.sh builds) on the network fleet-bench, SSH access from scripts/container-ssh.sh and an
-inventory shaped like inventory/lab; the rerun must show changed=0. Per run: wall time, time per
-device, the CPU the controller and the containers used, and the share other processes took (>= 30 %:
-too busy to count). Exit 0 after the table, 1 when the benchmark cannot run, 2 on bad options;
+"""How long `ansible-playbook site.yml` takes onto 1, 5, 10 and 20 device containers, first run and
+no-change rerun, over podman exec, SSH and SSH + Mitogen; the method and the results are in
+docs/benchmarks.md. Exit 0 after the table, 1 when the benchmark cannot run, 2 on bad options;
 containers (fleet-bench-*) and the network are removed at the end, also on SIGINT/SIGTERM.
 
     .venv/bin/python bench/rollout.py                                 # 1,5,10,20 devices, all connections

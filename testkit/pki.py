@@ -1,5 +1,6 @@
 """A throwaway CA and a server certificate for 127.0.0.1 and localhost (EC P-256, valid for a day):
-the TLS set-up of the agent benchmark and of the agent's TLS tests."""
+and a Prometheus web config serving it with a bcrypt login: the TLS set-up of the agent benchmark and of
+the agent's TLS tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ipaddress
 from pathlib import Path
 from typing import Tuple
 
+import bcrypt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,3 +50,16 @@ def make_pki(directory: Path, name: str) -> Tuple[Path, Path, Path]:
     paths[2].write_bytes(server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     paths[2].chmod(0o600)
     return paths
+
+
+def web_config(directory: Path, name: str, username: str, password: str) -> Tuple[Path, Path]:
+    """A fresh PKI and directory/web.yml serving it with username's bcrypt login (cost 10): the web config
+    (for --web.config.file) and the CA that signed the server certificate."""
+    ca_file, cert_file, key_file = make_pki(directory, name)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    config = directory / "web.yml"
+    config.write_text(
+        f"tls_server_config:\n  cert_file: {cert_file}\n  key_file: {key_file}\n"
+        f"basic_auth_users:\n  {username}: '{hashed}'\n"
+    )
+    return config, ca_file

@@ -6,7 +6,8 @@ import os
 import socket
 import subprocess
 import time
-from typing import Callable, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
 
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
@@ -39,6 +40,32 @@ def stop_process(process: Optional[subprocess.Popen], timeout: float = 10) -> No
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+
+
+def start_daemon(
+    argv: Sequence[str], log: Path, answers: Callable[[], object], timeout: float = 30
+) -> subprocess.Popen:
+    """Starts a server, its stderr appended to log, and returns once answers() is truthy (an OSError, urllib's
+    HTTPError included, counts as not yet); stops it and raises AssertionError if it exits or never answers."""
+    with open(log, "ab") as stderr:
+        process = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"{argv[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+            )
+        try:
+            return bool(answers())
+        except OSError:
+            return False
+
+    try:
+        wait_until(ready, timeout, 0.1, message=f"{argv[0]} to answer (log: {log})")
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
 
 
 def processes_marked(marker: str) -> List[int]:

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 import snappy
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from testkit.process import free_port, stop_process, wait_until
+from testkit.process import free_port, start_daemon, stop_process
 from testkit.web import http_get
 
 VICTORIA_METRICS_BIN = "/usr/bin/victoria-metrics"
@@ -128,16 +128,7 @@ class VictoriaMetrics:
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
-        wait_until(self.ready, 30, 0.2, message=f"victoria-metrics on {self.url} (log: {self.log})")
-
-    def ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"victoria-metrics exited:\n{self.log.read_text()[-3000:]}")
-        try:
-            return http_get(self.url + "/health", 0.5).strip() == b"OK"
-        except OSError:
-            return False
+        self.process = start_daemon(self.args, self.log, lambda: http_get(self.url + "/health", 0.5).strip() == b"OK")
 
     def stop(self) -> None:
         stop_process(self.process, 15)

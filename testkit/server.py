@@ -9,11 +9,11 @@ import subprocess
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from testkit import ROOT
 from testkit.playbook import run_playbook
-from testkit.process import free_port, stop_process, wait_until
+from testkit.process import free_port, start_daemon, stop_process
 from testkit.web import http_get
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
@@ -75,18 +75,9 @@ class Prometheus:
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [PROMETHEUS_BIN, *self.args], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+        self.process = start_daemon(
+            [PROMETHEUS_BIN, *self.args], self.log, lambda: http_get(self.url + "/-/ready", 0.5)
         )
-        wait_until(self.ready, 30, 0.2, message=f"prometheus on {self.url} (log: {self.log})")
-
-    def ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            return b"Ready" in http_get(self.url + "/-/ready", 0.5)
-        except OSError:
-            return False
 
     def stop(self) -> None:
         stop_process(self.process, 15)
@@ -105,6 +96,17 @@ class Prometheus:
     def range(self, expr: str, seconds: float, step: float) -> List[Dict[str, Any]]:
         end = time.time()
         return self.api("query_range", query=expr, start=end - seconds, end=end, step=step)["result"]
+
+
+def role_prometheus(workdir: Path, extra_vars: Dict[str, Any], port: Optional[int] = None) -> Tuple[Prometheus, Path]:
+    """The roles' Prometheus (config, rules and flags rendered into workdir/rendered with extra_vars), over
+    plain HTTP on loopback: the rendered web config is left out. Returns it unstarted, and the render."""
+    rendered = workdir / "rendered"
+    render_server_config(rendered, {"prometheus_rules_dir": str(rendered / "prometheus" / "rules"), **extra_vars})
+    flags = [
+        flag for flag in read_flags(rendered / "flags" / "prometheus.env") if not flag.startswith("--web.config.file=")
+    ]
+    return Prometheus(workdir, rendered / "prometheus" / "prometheus.yml", flags, port), rendered
 
 
 class Alertmanager:
@@ -127,19 +129,9 @@ class Alertmanager:
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [ALERTMANAGER_BIN, *self.args], stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+        self.process = start_daemon(
+            [ALERTMANAGER_BIN, *self.args], self.log, lambda: http_get(self.url + "/-/ready", 0.5)
         )
-        wait_until(self.ready, 30, 0.2, message=f"alertmanager on {self.url} (log: {self.log})")
-
-    def ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"alertmanager exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            http_get(self.url + "/-/ready", 0.5)
-            return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         stop_process(self.process, 15)

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Iterator, List
 
-import bcrypt
 import pytest
 
 from conftest import ROOT, Pushgateway, agent_command, agent_env, run_agent, wait_until
-from testkit.pki import make_pki
+from testkit.pki import make_pki, web_config
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +22,8 @@ USER, PASSWORD = "device", "correct horse battery staple"
 @pytest.fixture(scope="module")
 def secure_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushgateway]:
     workdir = Path(tmp_path_factory.mktemp("tls"))
-    ca, cert, key = make_pki(workdir, "gateway")
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
-    web_config = workdir / "web.yml"
-    web_config.write_text(
-        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\nbasic_auth_users:\n  {USER}: '{hashed}'\n"
-    )
-    gateway = Pushgateway(workdir, [f"--web.config.file={web_config}"], auth=(USER, PASSWORD), ca_file=str(ca))
+    config, ca = web_config(workdir, "gateway", USER, PASSWORD)
+    gateway = Pushgateway(workdir, [f"--web.config.file={config}"], auth=(USER, PASSWORD), ca_file=str(ca))
     gateway.start()
     gateway.workdir = workdir
     yield gateway
