@@ -323,7 +323,7 @@ def run_window(
 
 
 def ratio_line(name: str, value: float, target: float) -> str:
-    return f"  {name:<46} = {value:5.2f}   target <= {target:g}   {'PASS' if value <= target else 'MISS'}"
+    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {'PASS' if value <= target else 'MISS'}"
 
 
 def rss_line(subject: Subject, name: str) -> str:
