@@ -63,6 +63,9 @@ METRIC_GROUPS = ("network", "disk", "diskio", "temperature", "battery")
 MAX_FILESYSTEMS = 32
 MAX_DISKS = 32
 MAX_SENSORS = 64
+# Mounts, disks and whether sensors or a battery exist are looked up again this often, not every
+# cycle: they change rarely, and looking costs more than reading the values.
+REDISCOVER_SECONDS = 60.0
 # Read-only images (snap packages, live media) are always full: their usage tells nothing.
 IMAGE_FILESYSTEMS = frozenset({"squashfs", "iso9660", "udf", "cramfs", "erofs"})
 # Not storage: the root mount of a container (overlay) is reported anyway, as "/".
@@ -941,9 +944,9 @@ def real_filesystems(partitions: Iterable[Any], is_dir: Optional[Callable[[str],
     return list(chosen.values())
 
 
-def filesystem_usage(psutil: Any) -> List[FilesystemUsage]:
+def filesystem_usage(psutil: Any, partitions: Optional[List[Any]] = None) -> List[FilesystemUsage]:
     usages = []
-    for part in real_filesystems(psutil.disk_partitions(all=True)):
+    for part in real_filesystems(psutil.disk_partitions(all=True)) if partitions is None else partitions:
         try:
             usage = psutil.disk_usage(part.mountpoint)
         except OSError as err:  # unreadable, gone since the mount table was read, stale
@@ -1008,6 +1011,8 @@ class Sampler:
         self._previous: Optional[ProcessTable] = None
         self._previous_time = 0.0
         self.boot_time = psutil.boot_time()  # fixed for the life of the process
+        self._found: Dict[str, Tuple[float, Any]] = {}
+        self._absent_since: Dict[str, float] = {}
         psutil.cpu_percent(interval=None)  # starts psutil's own delta for the total
 
     def sample(self) -> Snapshot:
@@ -1037,12 +1042,44 @@ class Sampler:
             apps=apps,
             processes=len(processes),
             boot_time=self.boot_time,
-            filesystems=self._group("disk", lambda: filesystem_usage(psutil), []),
-            disks=self._group("diskio", lambda: physical_disks(psutil.disk_io_counters(perdisk=True) or {}), {}),
-            temperatures=self._group("temperature", lambda: read_temperatures(psutil), []),
-            battery=self._group("battery", lambda: read_battery(psutil), None),
+            filesystems=self._group("disk", self._filesystems, []),
+            disks=self._group("diskio", self._disks, {}),
+            temperatures=self._group("temperature", lambda: self._if_present("temperature", read_temperatures, []), []),
+            battery=self._group("battery", lambda: self._if_present("battery", read_battery, None), None),
             collection_seconds=self.clock() - started,
         )
+
+    def _discover(self, key: str, find: Callable[[], Any]) -> Any:
+        """What find() returned within the last REDISCOVER_SECONDS, else find() again."""
+        now = self.clock()
+        found = self._found.get(key)
+        if found is None or not 0 <= now - found[0] < REDISCOVER_SECONDS:
+            found = self._found[key] = (now, find())
+        return found[1]
+
+    def _filesystems(self) -> List[FilesystemUsage]:
+        psutil = self.psutil
+        partitions = self._discover("disk", lambda: real_filesystems(psutil.disk_partitions(all=True)))
+        return filesystem_usage(psutil, partitions)  # a mount gone since is skipped there
+
+    def _disks(self) -> Dict[str, Any]:
+        counters = self.psutil.disk_io_counters(perdisk=True) or {}
+        names = self._discover("diskio", lambda: list(physical_disks(counters)))
+        return {name: counters[name] for name in names if name in counters}
+
+    def _if_present(self, group: str, read: Callable[[Any], Any], empty: Any) -> Any:
+        """Hardware a host lacks (most VMs have no sensors, most machines no battery) is looked for
+        again only every REDISCOVER_SECONDS; hardware it has is read every cycle."""
+        now = self.clock()
+        absent_since = self._absent_since.get(group)
+        if absent_since is not None and 0 <= now - absent_since < REDISCOVER_SECONDS:
+            return empty
+        value = read(self.psutil)
+        if value:
+            self._absent_since.pop(group, None)
+        else:
+            self._absent_since[group] = now
+        return value
 
     def _group(self, group: str, read: Callable[[], Any], empty: Any) -> Any:
         """One metric group's reading; a group that cannot be read is left out of the push (one

@@ -167,3 +167,39 @@ def test_an_unknown_group_is_one_line_exit_2() -> None:
     result = print_exposition(env={"PUSH_DISABLE": "disk,gpu"})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "PUSH_DISABLE" in result.stderr and "gpu" in result.stderr
+
+
+class CountingPsutil:
+    """The real psutil, counting the lookups the sampler should not repeat every cycle."""
+
+    def __init__(self, real: Any, battery: Any = None) -> None:
+        self.real, self.battery, self.calls = real, battery, {"disk_partitions": 0, "sensors_battery": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def disk_partitions(self, all: bool = False) -> Any:  # noqa: A002 - psutil's name
+        self.calls["disk_partitions"] += 1
+        return self.real.disk_partitions(all=all)
+
+    def sensors_battery(self) -> Any:
+        self.calls["sensors_battery"] += 1
+        return self.battery
+
+
+def test_mounts_and_absent_hardware_are_looked_up_again_only_every_rediscovery_period() -> None:
+    clock = [1000.0]
+    sampler = pm.Sampler(top_n=0, clock=lambda: clock[0])
+    counting = sampler.psutil = CountingPsutil(sampler.psutil)
+    readings = []
+    for step in (0, 1, 2, pm.REDISCOVER_SECONDS + 1, pm.REDISCOVER_SECONDS + 2):
+        clock[0] = 1000.0 + step
+        readings.append(sampler.sample())
+    assert counting.calls == {"disk_partitions": 2, "sensors_battery": 2}
+    assert all(snap.filesystems and snap.battery is None for snap in readings)
+    # a battery that is there is read every cycle
+    counting.battery, counting.calls["sensors_battery"] = Battery(80.0, 3600, True), 0
+    for step in (pm.REDISCOVER_SECONDS * 2 + 3, pm.REDISCOVER_SECONDS * 2 + 4):
+        clock[0] = 1000.0 + step
+        assert sampler.sample().battery.percent == 80.0
+    assert counting.calls["sensors_battery"] == 2
