@@ -80,6 +80,7 @@ class Options:
     warmup: int
     processes: int
     busy: int
+    send_interval: float  # remote write's; a multiple of interval
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
@@ -91,6 +92,12 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         default=str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable),
         help="interpreter of the agents (default: the project's .venv python)",
     )
+    parser.add_argument(
+        "--send-interval",
+        type=float,
+        help="the remote-write agent's send interval, a whole number of intervals (default 5 s, the agent's at 1 s;"
+        " the interval with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 cycles, >= 150 processes")
     args = parser.parse_args(argv)
     cycles = args.cycles if args.cycles is not None else (4 if args.quick else 30)
@@ -98,9 +105,13 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
         parser.error("--cycles must be >= 1")
     if not math.isfinite(args.interval) or not 0.1 <= args.interval <= 60:
         parser.error("--interval must be between 0.1 and 60 seconds")
+    send = args.send_interval if args.send_interval is not None else args.interval if args.quick else 5.0
+    per_send = send / args.interval
+    if not math.isfinite(per_send) or per_send < 1 or abs(per_send - round(per_send)) > 1e-9:
+        parser.error("--send-interval must be a whole number of intervals")
     if args.quick:
-        return Options(cycles, args.interval, args.python, warmup=2, processes=150, busy=2)
-    return Options(cycles, args.interval, args.python, warmup=3, processes=300, busy=4)
+        return Options(cycles, args.interval, args.python, warmup=2, processes=150, busy=2, send_interval=send)
+    return Options(cycles, args.interval, args.python, warmup=3, processes=300, busy=4, send_interval=send)
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -181,11 +192,15 @@ class Bench:
         receiver = Prometheus(directory, directory / "prometheus.yml", ["--web.enable-remote-write-receiver"])
         receiver.start()
         self.processes.append(receiver.process)
-        writes = lambda: accepted(Endpoint(receiver.url), "prometheus_http_requests_total", "/api/v1/write")  # noqa: E731
-        # one write per cycle, like a push: CPU per cycle is then counted per answered request
-        send_every = ["--remote-write-send-interval", f"{self.options.interval:g}"]
+        # Each answered write holds send_interval / interval cycles (the first one, sent at once, in
+        # the warm-up): CPU per cycle is counted per cycle sent, like a push.
+        per_write = round(self.options.send_interval / self.options.interval)
+        endpoint = Endpoint(receiver.url)
+        writes = lambda: per_write * accepted(endpoint, "prometheus_http_requests_total", "/api/v1/write")  # noqa: E731
+        send_every = ["--remote-write-send-interval", f"{self.options.send_interval:g}"]
         sink = ["--remote-write", receiver.url + "/api/v1/write", *send_every]
-        return self.agent("agent remote write (same script)", AGENT, directory, sink, writes)
+        label = f"agent remote write, sent every {self.options.send_interval:g} s"
+        return self.agent(label, AGENT, directory, sink, writes)
 
     def agent(self, label: str, script: Path, directory: Path, sink: List[str], count: Callable[[], int]) -> Subject:
         # The agent reads its settings from the environment too: none may leak in from the caller.

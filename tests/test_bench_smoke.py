@@ -41,7 +41,7 @@ def test_quick_run_reports_five_subjects_and_every_target() -> None:
     labels = (
         "agent (files/push_monitor.py)",
         "agent over TLS + basic auth (same script)",
-        "agent remote write (same script)",
+        "agent remote write, sent every 1 s",
         "naive (bench/naive_agent.py)",
         "node_exporter",
     )
