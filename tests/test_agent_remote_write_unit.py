@@ -225,3 +225,14 @@ def test_the_replay_position_survives_a_restart(tmp_path: Path) -> None:
     reopened = pm.DiskBuffer(str(tmp_path), 1 << 20, 3600)
     assert reopened.samples == 30
     assert drain(reopened) == [start + 3, start + 4, start + 5]
+
+
+@pytest.mark.parametrize(
+    ("kind", "kept"),
+    [("connect", True), ("timeout", True), ("http-503", True), ("http-429", True), ("auth", True),
+     ("http-400", False), ("http-404", False), ("http-413", False)],
+)  # fmt: skip
+def test_outages_and_refused_logins_keep_the_batch_other_4xx_drop_it(kind: str, kept: bool) -> None:
+    """A refused login waits in the buffer for the operator's fix (docs/agent.md); any other 4xx
+    refuses the batch itself, and retrying it cannot help."""
+    assert pm.keeps_for_later(pm.PushError("answer", kind)) is kept
