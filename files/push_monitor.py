@@ -787,11 +787,12 @@ class LinuxProcessScanner:
         descriptor = self._open.pop(pid, None)
         if descriptor is not None:
             try:
-                kept[pid] = descriptor
-                return os.pread(descriptor, 4096, 0)  # the line is well under 4 KiB
+                raw = os.pread(descriptor, 4096, 0)  # the line is well under 4 KiB
             except OSError:  # the process exited (ESRCH): its pid may be a new process now
-                del kept[pid]
                 os.close(descriptor)
+            else:
+                kept[pid] = descriptor
+                return raw
         # os.open/os.read, not open(): no buffered file object per process.
         try:
             descriptor = os.open(f"{self.proc}/{pid}/stat", os.O_RDONLY)
@@ -944,9 +945,10 @@ def real_filesystems(partitions: Iterable[Any], is_dir: Optional[Callable[[str],
     return list(chosen.values())
 
 
-def filesystem_usage(psutil: Any, partitions: Optional[List[Any]] = None) -> List[FilesystemUsage]:
+def filesystem_usage(psutil: Any, partitions: Iterable[Any]) -> List[FilesystemUsage]:
+    """Usage of the given filesystems (real_filesystems' choice); one gone or unreadable is skipped."""
     usages = []
-    for part in real_filesystems(psutil.disk_partitions(all=True)) if partitions is None else partitions:
+    for part in partitions:
         try:
             usage = psutil.disk_usage(part.mountpoint)
         except OSError as err:  # unreadable, gone since the mount table was read, stale

@@ -80,7 +80,8 @@ def test_odd_mountpoints_are_exact_labels_and_unreadable_ones_are_skipped(monkey
     odd = ["/", "/mnt/with space", "/mnt/ünïcödé", '/mnt/quote"and\\backslash', "/mnt/new\nline", "/mnt/unreadable"]
     table = mounts(*[(f"/dev/sd{i}", path, "ext4") for i, path in enumerate(odd)])
     monkeypatch.setattr(pm.os.path, "isdir", lambda path: True)
-    usages = pm.filesystem_usage(FakePsutil(table))
+    fake = FakePsutil(table)
+    usages = pm.filesystem_usage(fake, pm.real_filesystems(fake.disk_partitions(all=True)))
     assert [u.mountpoint for u in usages] == sorted(odd[:-1], key=lambda p: (len(p), p))
     exposition = pm.Exposition("serial", "host", 1.0)
     snap = pm.Snapshot(0.0, None, None, {}, (0, 0, 0), [], 0, 0.0, 0.0, filesystems=usages)

@@ -40,8 +40,6 @@ options:
     default: []
 """
 
-UP = ("active", "enabled")
-
 RETURN = r"""
 paths:
   description: >-
