@@ -1167,6 +1167,7 @@ class Exposition:
         self.send_interval = send_interval  # remote write only
         self.push_failures = 0
         self.buffer: Optional[BufferState] = None  # set in remote-write mode
+        self.started_at = round(time.time(), 3)
 
     def families(self, snap: Optional[Snapshot], collected_at: float) -> List[Family]:
         out: List[Family] = []
@@ -1177,6 +1178,10 @@ class Exposition:
                       "Remote write: seconds between sends; samples arrive up to this late.",
                       self.send_interval)  # fmt: skip
         self._family(out, "push_monitor_info", "gauge", "Agent version.", [((("version", __version__),), 1)])
+        # Device time, as the rollout's probe reads it: a push from before a restart cannot pass for
+        # one of the restarted agent, whatever the clocks of controller and gateway say.
+        self._one(out, "push_monitor_start_time_seconds", "gauge", "Unix time at which the agent started.",
+                  self.started_at)  # fmt: skip
         self._one(
             out, "push_monitor_push_failures_total", "counter", "Pushes that failed since the agent started.",
             self.push_failures,

@@ -37,6 +37,7 @@ EXPECTED_METRICS = {
     "load_average_1m", "load_average_5m", "load_average_15m", "boot_time_seconds", "system_processes",
     "push_monitor_info", "push_monitor_interval_seconds", "push_monitor_collection_duration_seconds",
     "push_monitor_push_failures_total", "push_monitor_collection_timestamp_seconds",
+    "push_monitor_start_time_seconds",
     # The root filesystem is always reported; disk IO where a physical disk is (docs/agent.md).
     "disk_usage_percent", "disk_size_bytes", "disk_available_bytes",
 }  # fmt: skip

@@ -45,7 +45,6 @@ PLAYBOOK = """
   vars_files:
     - {role}/defaults/main.yml
     - {role}/vars/main.yml
-    - {role}/vars/Debian.yml
   tasks:
     - name: Render the unit
       ansible.builtin.template:

@@ -2,6 +2,7 @@
 
 `fleet_file_state`: the entry fleet_probe reports for a file holding `content` with that mode, owner
 and group (the content's SHA-1, as the controller would write it).
+`fleet_wanted`: {path: state} for a list of fleet_files entries, as the probe reports them once written.
 `fleet_outdated`: the paths whose probed state differs from the wanted one. `wanted` maps each
 managed path to the state the role leaves it in ({type, mode, owner, group} and, for a file, sha1;
 {type: absent} for a path the role removes); `installed` is the module's `paths` result, which lists
@@ -11,7 +12,7 @@ only paths that exist. Only the keys a wanted entry names are compared.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping
 
 ABSENT = {"type": "absent"}
 
@@ -19,6 +20,17 @@ ABSENT = {"type": "absent"}
 def fleet_file_state(content: str, mode: str, owner: str = "root", group: str = "root") -> Dict[str, str]:
     sha1 = hashlib.sha1(str(content).encode("utf-8")).hexdigest()
     return {"type": "file", "mode": mode, "owner": owner, "group": group, "sha1": sha1}
+
+
+def fleet_wanted(entries: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, str]]:
+    wanted = {}
+    for entry in entries:
+        owner, group = entry.get("owner", "root"), entry.get("group", "root")
+        if entry.get("state", "file") == "directory":
+            wanted[entry["path"]] = {"type": "directory", "mode": entry["mode"], "owner": owner, "group": group}
+        else:
+            wanted[entry["path"]] = fleet_file_state(entry.get("content", ""), entry["mode"], owner, group)
+    return wanted
 
 
 def fleet_outdated(wanted: Mapping[str, Mapping[str, Any]], installed: Mapping[str, Dict[str, Any]]) -> List[str]:
@@ -32,4 +44,4 @@ def fleet_outdated(wanted: Mapping[str, Mapping[str, Any]], installed: Mapping[s
 
 class FilterModule:
     def filters(self):
-        return {"fleet_file_state": fleet_file_state, "fleet_outdated": fleet_outdated}
+        return {"fleet_file_state": fleet_file_state, "fleet_wanted": fleet_wanted, "fleet_outdated": fleet_outdated}

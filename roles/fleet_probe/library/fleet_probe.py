@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""Module `fleet_probe`: the state of a host's managed files, packages and units in one round trip.
+"""Module `fleet_probe`: the state of a host's managed files, packages, units and accounts in one round trip.
 
 The roles compare what it reports with what they would write (the `fleet_outdated` filter) and run
 their file, package and service tasks only where the two differ, instead of one module call per
@@ -13,7 +13,8 @@ import hashlib
 import os
 import pwd
 import stat
-from typing import Callable, Dict, List
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -38,6 +39,29 @@ options:
     type: list
     elements: str
     default: []
+  users:
+    description: Accounts whose passwd entry is reported (those that exist).
+    type: list
+    elements: str
+    default: []
+  groups:
+    description: Groups whose entry is reported (those that exist).
+    type: list
+    elements: str
+    default: []
+  command:
+    description: >-
+      A read-only command, as argv with optional stdin (a role's own lookup, e.g. the agent
+      resolving its device serial); it runs in check mode too, and the probe fails when it exits
+      non-zero.
+    type: dict
+    options:
+      argv:
+        type: list
+        elements: str
+        required: true
+      stdin:
+        type: str
 """
 
 RETURN = r"""
@@ -55,6 +79,20 @@ units:
 units_up:
   description: The given units that are active and enabled, in the given order (the roles start and enable the others).
   type: list
+users:
+  description: >-
+    {name: {uid, group (the primary group's name), home, shell, locked}} for each existing
+    account; locked (password locked) only when /etc/shadow is readable.
+  type: dict
+groups:
+  description: "{name: {gid}} for each existing group."
+  type: dict
+command:
+  description: "{stdout, stderr} of the command; absent without one."
+  type: dict
+clock:
+  description: The host's Unix time when the probe ran, before any change this run makes.
+  type: float
 """
 
 
@@ -116,19 +154,82 @@ def unit_states(module: AnsibleModule, units: List[str]) -> Dict[str, Dict[str, 
     }
 
 
+def locked_accounts() -> Dict[str, bool]:
+    """Whether each account's password is locked; empty when /etc/shadow is not readable (not root)."""
+    try:
+        with open("/etc/shadow", encoding="utf-8") as handle:
+            fields = [line.split(":", 2) for line in handle if line.count(":") >= 2]
+    except OSError:
+        return {}
+    return {name: password.startswith(("!", "*")) for name, password, _ in fields}
+
+
+def user_entries(names: List[str]) -> Dict[str, Dict[str, Any]]:
+    entries = {}
+    locked = locked_accounts() if names else {}
+    for name in names:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        entries[name] = {
+            "uid": entry.pw_uid,
+            "group": account_name(grp.getgrgid, entry.pw_gid),
+            "home": entry.pw_dir,
+            "shell": entry.pw_shell,
+        }
+        if name in locked:
+            entries[name]["locked"] = locked[name]
+    return entries
+
+
+def group_entries(names: List[str]) -> Dict[str, Dict[str, int]]:
+    entries = {}
+    for name in names:
+        try:
+            entries[name] = {"gid": grp.getgrnam(name).gr_gid}
+        except KeyError:
+            continue
+    return entries
+
+
+def run_command(module: AnsibleModule, command: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not command:
+        return None
+    rc, out, err = module.run_command(command["argv"], data=command.get("stdin"), binary_data=True)
+    if rc != 0:
+        module.fail_json(msg=f"{command['argv'][0]} exited {rc}: {err.strip()[-2000:]}", rc=rc, stdout=out, stderr=err)
+    return {"stdout": out, "stderr": err}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "paths": {"type": "list", "elements": "path", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
+            "users": {"type": "list", "elements": "str", "default": []},
+            "groups": {"type": "list", "elements": "str", "default": []},
+            "command": {
+                "type": "dict",
+                "options": {
+                    "argv": {"type": "list", "elements": "str", "required": True},
+                    "stdin": {"type": "str"},
+                },
+            },
         },
         supports_check_mode=True,
     )
     params = module.params
+    clock = time.time()
     units = unit_states(module, params["units"])
+    result = run_command(module, params["command"])
     module.exit_json(
         changed=False,
+        clock=clock,
+        users=user_entries(params["users"]),
+        groups=group_entries(params["groups"]),
+        **({"command": result} if result is not None else {}),
         paths={path: describe(path) for path in params["paths"] if os.path.exists(path)},
         installed_packages=installed_packages(module, params["packages"]),
         units=units,
