@@ -15,10 +15,13 @@ usage() {
   exit 2
 }
 
-# Prints the recipe of image NAME as "suite packages"; the image label is the hash of this line.
+# Prints the recipe of image NAME as "suite packages [lists]"; the image label is the hash of this
+# line. "lists": the image keeps the package lists of its build, as an installed Debian does, and the
+# role installs from them without a refresh; device-debian13 has none, so the devices scenario also
+# covers the refresh.
 recipe() {
   case $1 in
-    device-debian12) echo "bookworm $BASE_PACKAGES" ;;
+    device-debian12) echo "bookworm $BASE_PACKAGES lists" ;;
     device-debian13) echo "trixie $BASE_PACKAGES" ;;
     # The server components come preinstalled (Debian packages) so the scenarios skip that download.
     server-debian12) echo "bookworm $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
@@ -30,9 +33,9 @@ recipe() {
 BUILD_VERSION=2
 
 build() {
-  local name=$1 tag="localhost/fleet-$1:latest" suite packages hash current workdir
-  read -r suite packages < <(recipe "$name")
-  hash=$(printf '%s|%s|%s|%s' "$BUILD_VERSION" "$suite" "$packages" "$MIRROR" | sha256sum | cut -c1-16)
+  local name=$1 tag="localhost/fleet-$1:latest" suite packages lists hash current workdir
+  read -r suite packages lists < <(recipe "$name")
+  hash=$(printf '%s|%s|%s|%s' "$BUILD_VERSION" "$suite" "$packages${lists:+|$lists}" "$MIRROR" | sha256sum | cut -c1-16)
   current=$(podman image inspect --format '{{ index .Labels "fleet.recipe" }}' "$tag" 2>/dev/null || true)
   if [[ $current == "$hash" ]]; then
     echo "images: $tag is up to date ($hash)"
@@ -42,12 +45,11 @@ build() {
   workdir=$(mktemp -d /var/tmp/fleet-image.XXXXXX)
   # shellcheck disable=SC2064  # expand now: the trap must remove this build's directory
   trap "rm -rf '$workdir'" RETURN
-  # No recommends keeps the images small; apt lists are kept out so images stay stable, and the
-  # role refreshes them itself. An empty machine-id lets podman --systemd=always give each
+  # No recommends keeps the images small. An empty machine-id lets podman --systemd=always give each
   # container its own, as a freshly provisioned device would have. For the same reason the SSH
   # host keys are not baked in: ssh.service generates them at first boot, so every container has
   # keys of its own (ssh-keygen -A leaves existing keys alone, so they survive restarts).
-  mmdebstrap --variant=minbase --include="$packages" \
+  mmdebstrap --variant=minbase --include="$packages" ${lists:+--skip=cleanup/apt/lists} \
     --aptopt='APT::Install-Recommends "false"' \
     --customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
