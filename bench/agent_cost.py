@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,15 +22,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 try:
+    from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: I001 (2 lines, not 9)
     from testkit.pki import web_config
-    from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process, wait_until
-    from testkit.server import Prometheus
+    from testkit.process import free_port, host_cpu_seconds, proc_status, process_cpu_seconds, start_daemon
+    from testkit.process import stop_process, wait_until
+    from testkit.server import PROMETHEUS_BIN, PUSHGATEWAY_BIN, Prometheus, Pushgateway
     from testkit.web import Endpoint
 except ImportError as missing:
     sys.exit(f"agent_cost: error: {missing}: run with the project's .venv/bin/python (make venv)")
@@ -41,7 +40,6 @@ except ImportError as missing:
 AGENT = ROOT / "files" / "push_monitor.py"
 NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
@@ -68,19 +66,15 @@ while time.monotonic() < deadline:
 """
 
 
-class BenchError(Exception):
-    """The benchmark cannot run (missing binary, a subject died): one line, exit 1."""
-
-
 @dataclass(frozen=True)
 class Options:
     cycles: int
     interval: float
     python: str
+    send_interval: float  # remote write's; a multiple of interval
     warmup: int
     processes: int
     busy: int
-    send_interval: float  # remote write's; a multiple of interval
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
@@ -109,35 +103,21 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     per_send = send / args.interval
     if not math.isfinite(per_send) or per_send < 1 or abs(per_send - round(per_send)) > 1e-9:
         parser.error("--send-interval must be a whole number of intervals")
-    if args.quick:
-        return Options(cycles, args.interval, args.python, warmup=2, processes=150, busy=2, send_interval=send)
-    return Options(cycles, args.interval, args.python, warmup=3, processes=300, busy=4, send_interval=send)
-
-
-def peak_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmHWM in /proc/{pid}/status")
+    # warm-up cycles, processes on the host, busy processes
+    return Options(cycles, args.interval, args.python, send, *((2, 150, 2) if args.quick else (3, 300, 4)))
 
 
 def process_count() -> int:
     return sum(1 for entry in os.listdir("/proc") if entry.isdigit())
 
 
-def machine_line(python: str) -> str:
-    model = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
+def agents_python_version(python: str) -> str:
     # The agents' interpreter must have their packages: one clear line here instead of a dead subject later.
     code = "import sys, psutil, prometheus_client, snappy; print(sys.version.split()[0])"
     result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
         raise BenchError(f"{python} lacks the agents' packages (make venv): {result.stderr.strip()[-200:]}")
-    return (
-        f"machine: {os.cpu_count()} CPUs ({model[1] if model else '?'}), Linux {platform.release()}, Debian {debian}; "
-        f"agents run by Python {result.stdout.strip()} ({python})"
-    )
+    return result.stdout.strip()
 
 
 class Bench:
@@ -162,27 +142,22 @@ class Bench:
         for process in self.processes:
             stop_process(process, 5)
 
-    def server(self, binary: str, args: Sequence[str], endpoint: Endpoint, log: Path) -> Popen:
-        """A Prometheus-style server on endpoint's loopback port, once it answers /metrics."""
-        if not os.access(binary, os.X_OK):
-            raise BenchError(f"{binary} not found: run `make host` (scripts/setup-host.sh) first")
-        argv = [binary, f"--web.listen-address={endpoint.url.rsplit('/', 1)[1]}", *args]
-        process = start_daemon(argv, log, lambda: endpoint.get("/metrics", 1.0), timeout=20)
-        self.processes.append(process)
-        return process
-
     def pusher(self, label: str, script: Path, name: str, tls: bool = False) -> Subject:
-        """The pusher's own Pushgateway (its accepted PUTs are the pusher's cycles), then the pusher."""
+        """The pusher's own Pushgateway (its accepted PUTs are the pusher's cycles), then the pusher; with
+        tls, the gateway has a throwaway CA and a bcrypt login."""
         directory = self.workdir / name
         directory.mkdir()
-        gateway_args, agent_args = [f"--persistence.file={directory / 'pushgateway.db'}"], []
-        endpoint = Endpoint(f"http://127.0.0.1:{free_port()}")
+        gateway, agent_args = Pushgateway(directory), []
         if tls:
-            web_config, agent_args, endpoint = tls_setup(directory)
-            gateway_args.append(web_config)
-        self.server(PUSHGATEWAY_BIN, gateway_args, endpoint, directory / "pushgateway.log")
-        pushes = lambda: accepted(endpoint, "pushgateway_http_requests_total", "push")  # noqa: E731
-        return self.agent(label, script, directory, ["--pushgateway", endpoint.url, *agent_args], pushes)
+            password = secrets.token_urlsafe(24)
+            (directory / "password").write_text(password + "\n")
+            config, ca_file = web_config(directory, "agent-cost", TLS_USER, password)
+            gateway = Pushgateway(directory, [f"--web.config.file={config}"], (TLS_USER, password), str(ca_file))
+            agent_args = ["--ca-file", str(ca_file), "--username", TLS_USER, "--password-file", f"{directory}/password"]
+        gateway.start()
+        self.processes.append(gateway.process)
+        pushes = lambda: accepted(gateway.endpoint, "pushgateway_http_requests_total", "push")  # noqa: E731
+        return self.agent(label, script, directory, ["--pushgateway", gateway.url, *agent_args], pushes)
 
     def remote_writer(self) -> Subject:
         """The agent with --remote-write into its own Prometheus (no scrapes of its own)."""
@@ -194,8 +169,7 @@ class Bench:
         self.processes.append(receiver.process)
         # Each answered write holds send_interval / interval cycles (the first one, sent at once, in
         # the warm-up): CPU per cycle is counted per cycle sent, like a push.
-        per_write = round(self.options.send_interval / self.options.interval)
-        endpoint = Endpoint(receiver.url)
+        per_write, endpoint = round(self.options.send_interval / self.options.interval), Endpoint(receiver.url)
         writes = lambda: per_write * accepted(endpoint, "prometheus_http_requests_total", "/api/v1/write")  # noqa: E731
         send_every = ["--remote-write-send-interval", f"{self.options.send_interval:g}"]
         sink = ["--remote-write", receiver.url + "/api/v1/write", *send_every]
@@ -211,6 +185,15 @@ class Bench:
                    "--interval", interval, "--job", JOB, "--top-n", "10"]  # fmt: skip
         log = directory / "pusher.log"
         return Subject(label, self.start(command, log, env), count, log)
+
+    def node_exporter(self) -> Tuple[Subject, Callable[[], None]]:
+        """node_exporter, and the scrape this script makes of it each cycle (its cycles are those scrapes)."""
+        exporter, log, scrapes = Endpoint(f"http://127.0.0.1:{free_port()}"), self.workdir / "node_exporter.log", []
+        argv = [NODE_EXPORTER_BIN, f"--web.listen-address={exporter.url.rsplit('/', 1)[1]}"]
+        process = start_daemon(argv, log, lambda: exporter.get("/metrics", 1.0), timeout=20)
+        self.processes.append(process)
+        subject = Subject("node_exporter (scraped each cycle)", process, lambda: len(scrapes), log)
+        return subject, lambda: scrapes.append(len(exporter.get("/metrics", 10)))
 
 
 class Load:
@@ -241,21 +224,7 @@ class Load:
 
 def accepted(endpoint: Endpoint, metric: str, handler: str) -> int:
     """Requests the server answered with a 2xx on handler: its pusher's cycles (one server per pusher)."""
-    total = 0
-    for line in endpoint.get("/metrics").decode().splitlines():
-        if line.startswith(metric + "{") and f'handler="{handler}"' in line and 'code="2' in line:
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
-
-
-def tls_setup(directory: Path) -> Tuple[str, List[str], Endpoint]:
-    """A throwaway CA and a bcrypt login: the gateway's flag, the agent's flags and this script's endpoint."""
-    password = secrets.token_urlsafe(24)
-    (directory / "password").write_text(password + "\n")
-    config, ca_file = web_config(directory, "agent-cost", TLS_USER, password)
-    agent_args = ["--ca-file", str(ca_file), "--username", TLS_USER, "--password-file", str(directory / "password")]
-    endpoint = Endpoint(f"https://127.0.0.1:{free_port()}", TLS_USER, password, str(ca_file))
-    return f"--web.config.file={config}", agent_args, endpoint
+    return int(endpoint.counter(metric, f'handler="{handler}"', 'code="2'))
 
 
 @dataclass
@@ -277,7 +246,7 @@ class Subject:
     def snapshot_end(self) -> None:
         self.cycles = self.count_cycles() - self.cycles_start
         self.cpu_used = process_cpu_seconds(self.process.pid) - self.cpu_start
-        self.peak_rss = peak_rss_bytes(self.process.pid)
+        self.peak_rss = int(proc_status(self.process.pid, "VmHWM").split()[0]) * 1024  # "<n> kB"
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -379,50 +348,40 @@ def report(subjects: List[Subject], counts: List[int], busy_share: float, option
     ]
 
 
-def run(bench: Bench) -> List[str]:
-    options, workdir = bench.options, bench.workdir
-    header = [f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}", machine_line(options.python)]
-    load = Load(bench, (options.warmup + options.cycles) * options.interval + 180)
-    load.top_up()
-    pushers = [
-        bench.pusher("agent (files/push_monitor.py)", AGENT, "agent"),
-        bench.pusher("agent over TLS + basic auth (same script)", AGENT, "tls", tls=True),
-        bench.remote_writer(),
-        bench.pusher("naive (bench/naive_agent.py)", NAIVE_AGENT, "naive"),
-    ]
-    exporter, log, scrapes = Endpoint(f"http://127.0.0.1:{free_port()}"), workdir / "node_exporter.log", []
-    process = bench.server(NODE_EXPORTER_BIN, [], exporter, log)
-    node_exporter = Subject("node_exporter (scraped each cycle)", process, lambda: len(scrapes), log)
-
-    def scrape() -> None:
-        scrapes.append(len(exporter.get("/metrics", 10)))
-
-    print(f"agent_cost: {load.spawned} processes spawned; warm-up, then {options.cycles} cycles", file=sys.stderr)
-    warm_up(pushers, scrape, options)
-    load.top_up()
-    counts, busy_share = run_window(options, pushers, node_exporter, scrape)
-    subjects = [*pushers, node_exporter]
-    for subject in subjects:
-        subject.check_alive()
-        if subject.cycles < 1:
-            raise BenchError(f"{subject.label} completed no cycle in the window")
-    header.append(f"load: {load.spawned} processes spawned, each ending by itself within {load.bound} s")
-    return header + report(subjects, counts, busy_share, options)
+def measure(options: Options) -> Iterator[str]:
+    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN)
+    yield f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}"
+    yield f"machine: {machine(agents_python_version(options.python))} (the agents' interpreter: {options.python})"
+    with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:
+        bench = Bench(options, Path(tmp))
+        try:
+            load = Load(bench, (options.warmup + options.cycles) * options.interval + 180)
+            load.top_up()
+            pushers = [
+                bench.pusher("agent (files/push_monitor.py)", AGENT, "agent"),
+                bench.pusher("agent over TLS + basic auth (same script)", AGENT, "tls", tls=True),
+                bench.remote_writer(),
+                bench.pusher("naive (bench/naive_agent.py)", NAIVE_AGENT, "naive"),
+            ]
+            node_exporter, scrape = bench.node_exporter()
+            print(f"agent_cost: {load.spawned} processes spawned; warm-up, {options.cycles} cycles", file=sys.stderr)
+            warm_up(pushers, scrape, options)
+            load.top_up()
+            counts, busy_share = run_window(options, pushers, node_exporter, scrape)
+            subjects = [*pushers, node_exporter]
+            for subject in subjects:
+                subject.check_alive()
+                if subject.cycles < 1:
+                    raise BenchError(f"{subject.label} completed no cycle in the window")
+        finally:
+            bench.stop_all()
+    yield f"load: {load.spawned} processes spawned, each ending by itself within {load.bound} s"
+    yield from report(subjects, counts, busy_share, options)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parse_options(argv)
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))  # still runs the clean-up
-    with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:
-        bench = Bench(options, Path(tmp))
-        try:
-            print("\n".join(run(bench)))
-        except (BenchError, AssertionError, OSError) as err:
-            print(f"agent_cost: error: {err}", file=sys.stderr)
-            return 1
-        finally:
-            bench.stop_all()
-    return 0
+    return run_benchmark("agent_cost", lambda: measure(options))
 
 
 if __name__ == "__main__":
