@@ -79,19 +79,12 @@ class Options:
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
     parser.add_argument("--cycles", type=int, help="measured cycles (default 30; 4 with --quick)")
     parser.add_argument("--interval", type=float, default=1.0, help="push and scrape interval in seconds (default 1)")
-    parser.add_argument(
-        "--python",
-        default=str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable),
-        help="interpreter of the agents (default: the project's .venv python)",
-    )
-    parser.add_argument(
-        "--send-interval",
-        type=float,
-        help="the remote-write agent's send interval, a whole number of intervals (default 5 s, the agent's at 1 s;"
-        " the interval with --quick)",
-    )
+    parser.add_argument("--python", default=python, help="interpreter of the agents (default: the project's .venv)")
+    parser.add_argument("--send-interval", type=float, help="the remote-write agent's, a whole number of intervals "
+                        "(default 5 s, the agent's at 1 s; the interval with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 cycles, >= 150 processes")
     args = parser.parse_args(argv)
     cycles = args.cycles if args.cycles is not None else (4 if args.quick else 30)
@@ -128,12 +121,9 @@ class Bench:
         self.processes: List[Popen] = []
 
     def start(self, args: Sequence[str], log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Popen:
-        stderr = log.open("ab") if log else subprocess.DEVNULL
-        process = Popen(list(args), stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        if log:
-            stderr.close()  # the child has its own copy
-        self.processes.append(process)
-        return process
+        with log.open("ab") if log else open(os.devnull, "wb") as stderr:  # the child has its own copy
+            self.processes.append(Popen(list(args), stdout=subprocess.DEVNULL, stderr=stderr, env=env))
+        return self.processes[-1]
 
     def stop_all(self) -> None:
         for process in self.processes:
