@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -69,13 +70,10 @@ SUBJECTS = {
 # connection per device, as the agent does. Latency runs from writing the request to the last response byte.
 
 
-def timestamp_placeholder(cycle: int) -> int:
-    """The ms timestamp standing for cycle `cycle` of a batch: a 6-byte varint, as current ms
-    timestamps are, whose bytes hardly occur in a request otherwise."""
-    return (1 << 41) + 0x3F_FFFF_FF00 + cycle
-
-
-PLACEHOLDERS = [pm.varint(timestamp_placeholder(cycle)) for cycle in range(64)]
+# The ms timestamp standing for cycle i of a batch is PLACEHOLDER_MS + i: a 6-byte varint, as current ms
+# timestamps are, whose bytes hardly occur in a request otherwise.
+PLACEHOLDER_MS = (1 << 41) + 0x3F_FFFF_FF00
+PLACEHOLDERS = [pm.varint(PLACEHOLDER_MS + cycle) for cycle in range(64)]
 
 
 @dataclass
@@ -84,7 +82,7 @@ class Device:
     body: bytes  # the agent's text exposition of one cycle
     phase: float  # share of its period after the step's start at which it sends
     # The cycles of one send as the agent encodes them (one TimeSeries per series), cycle i stamped
-    # timestamp_placeholder(i): every send gets the current times and is compressed anew.
+    # PLACEHOLDER_MS + i: every send gets the current times and is compressed anew.
     write_request: bytes = b""
     samples: int = 0  # in write_request
 
@@ -128,16 +126,13 @@ def build_request(device: Device, cmd: StepCommand) -> bytes:
 
 
 class HttpExchange(asyncio.Protocol):
-    """One HTTP/1.1 client connection: a request at a time, the response framed by Content-Length. A raw
-    protocol rather than asyncio streams: no task per request, so the generator stays light."""
+    """One HTTP/1.1 client connection's responses, framed by Content-Length: each one settles the waiter of
+    the request before it. A raw protocol rather than asyncio streams: no task per request, so the
+    generator stays light."""
 
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
         self.buffer = bytearray()
         self.waiter: Optional[asyncio.Future] = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -155,51 +150,42 @@ class HttpExchange(asyncio.Protocol):
             del self.buffer[:size]
             self.waiter.set_result(int(head[0].split()[1]))
 
-    async def exchange(self, request: bytes, timeout: float) -> int:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await asyncio.wait_for(self.waiter, timeout)
-
-    @property
-    def closed(self) -> bool:  # closed by us, or by the server (after its EOF the transport closes itself)
-        return self.transport is None or self.transport.is_closing()
-
 
 class Worker:
     """One load-generating process: its share of the devices and their connections across steps."""
 
     def __init__(self, number: int, devices: List[Device]) -> None:
         self.number, self.devices = number, devices
-        self.connections: Dict[int, HttpExchange] = {}
+        self.connections: Dict[int, Tuple[asyncio.Transport, HttpExchange]] = {}
         self.populated: Set[int] = set()
         self.port = 0
 
     def reset_for(self, port: int) -> None:
         """A new server: every connection and every 'already sent' mark belongs to the old one."""
         if self.port != port:
-            for connection in self.connections.values():
-                if connection.transport is not None:
-                    connection.transport.close()
+            for transport, _ in self.connections.values():
+                transport.close()
             self.connections.clear()
             self.populated.clear()
             self.port = port
 
     async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
-        request = build_request(self.devices[index], cmd)
+        request, loop = build_request(self.devices[index], cmd), asyncio.get_running_loop()
         started = time.perf_counter()
-        protocol = self.connections.get(index)
+        transport, protocol = self.connections.get(index, (None, None))
         try:
-            if protocol is None or protocol.closed:
-                connecting = asyncio.get_running_loop().create_connection(HttpExchange, "127.0.0.1", cmd.port)
-                _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
-                self.connections[index] = protocol
-            status = await protocol.exchange(request, max(cmd.timeout - (time.perf_counter() - started), 0.001))
+            # A connection the server closed (its transport closes itself after the EOF) is opened anew.
+            if transport is None or protocol is None or transport.is_closing():
+                connecting = loop.create_connection(HttpExchange, "127.0.0.1", cmd.port)
+                transport, protocol = self.connections[index] = await asyncio.wait_for(connecting, cmd.timeout)
+            protocol.waiter = loop.create_future()
+            transport.write(request)
+            status = await asyncio.wait_for(protocol.waiter, max(cmd.timeout - (time.perf_counter() - started), 0.001))
         except (asyncio.TimeoutError, OSError) as err:
             # The agent closes a connection after a timeout or error and opens a fresh one next time.
             result.failures["timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__] += 1
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.close()
+            if transport is not None:
+                transport.close()
             self.connections.pop(index, None)
             return False
         if not 200 <= status < 300:
@@ -280,10 +266,8 @@ class Generator:
 
     def stop(self) -> None:
         for pipe in self.pipes:
-            try:
+            with contextlib.suppress(OSError):  # a worker that is gone already
                 pipe.send(None)
-            except OSError:
-                pass
         for process in self.processes:
             process.join(5)
             if process.is_alive():
@@ -370,10 +354,10 @@ def build_devices(count: int, cycles: List[List[pm.Family]], send_interval: int)
         seen.add(serial)
         host = f"{rng.choice(['pos', 'kiosk', 'edge', 'lab'])}-{rng.randint(1, 400):03d}-{index:05d}"
         exposition = pm.Exposition(serial, host, 1.0)
-        # The agent's request for a send interval's cycles, cycle i stamped timestamp_placeholder(i).
+        # The agent's request for a send interval's cycles, cycle i stamped PLACEHOLDER_MS + i.
         encoder, batch = pm.WriteRequestEncoder(pm.DEFAULT_JOB, exposition.device_labels), pm.SeriesBatch()
         for cycle, families in enumerate(cycles[:send_interval]):
-            encoder.add(batch, families, timestamp_placeholder(cycle))
+            encoder.add(batch, families, PLACEHOLDER_MS + cycle)
         text = exposition.text(cycles[0])
         path = pm.grouping_path(pm.DEFAULT_JOB, serial)
         devices.append(Device(path, text, rng.random(), batch.encode(), batch.samples))
@@ -428,20 +412,17 @@ class Step:
     stored_share: Optional[float] = None  # remote write: samples Prometheus appended / samples sent
 
     def why_not(self) -> str:
-        reasons = []
-        if self.failed:
-            reasons.append(f"failed requests ({', '.join(f'{k} {v}' for k, v in sorted(self.failures.items()))})")
-        if not self.p99_ms < P99_LIMIT * 1000:
-            reasons.append("p99 >= 250 ms")
-        if self.remote_write and not (self.stored_share is not None and self.stored_share >= STORED_MIN):
-            reasons.append("stored < 95 % of sent (or unknown)")
-        if not self.remote_write and not (
-            self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT and self.up_min == 1
-        ):
-            reasons.append("scrape >= 1 s or up 0")
-        if self.achieved < ACHIEVED_MIN * self.offered:
-            reasons.append("achieved < 95 % of offered")
-        return "; ".join(reasons)
+        # An unknown share or scrape duration (Prometheus did not answer) is not a pass.
+        if self.remote_write:
+            ingested, missed = (self.stored_share or 0) >= STORED_MIN, "stored < 95 % of sent (or unknown)"
+        else:
+            scrape_ok = self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT
+            ingested, missed = scrape_ok and self.up_min == 1, "scrape >= 1 s or up 0"
+        failures = ", ".join(f"{kind} {count}" for kind, count in sorted(self.failures.items()))
+        return "; ".join(reason for failed, reason in [
+            (self.failed, f"failed requests ({failures})"), (not self.p99_ms < P99_LIMIT * 1000, "p99 >= 250 ms"),
+            (not ingested, missed), (self.achieved < ACHIEVED_MIN * self.offered, "achieved < 95 % of offered"),
+        ] if failed)  # fmt: skip
 
     def passed(self) -> bool:
         return not self.why_not()
