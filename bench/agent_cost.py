@@ -49,9 +49,9 @@ TARGET_VS_NODE_EXPORTER = 0.6
 TARGET_VS_NAIVE = 0.5
 TARGET_RW_VS_AGENT = 1.0
 TARGET_PEAK_RSS_BYTES = 30_000_000  # decimal MB: the stricter reading
-# Above this share of all CPU time busy, the subjects compete for the cores and the Go binary and the
+# Above this percentage of all CPU time busy, the subjects compete for the cores and the Go binary and the
 # Python agents suffer unequally: the figures are printed but do not count.
-MAX_HOST_BUSY_SHARE = 0.30
+MAX_HOST_BUSY_PERCENT = 30
 
 # A given share of one core in 100 ms slices under its own name (PR_SET_NAME), until its deadline.
 BUSY_CODE = """
@@ -66,18 +66,7 @@ while time.monotonic() < deadline:
 """
 
 
-@dataclass(frozen=True)
-class Options:
-    cycles: int
-    interval: float
-    python: str
-    send_interval: float  # remote write's; a multiple of interval
-    warmup: int
-    processes: int
-    busy: int
-
-
-def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
+def parse_options(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     python = str(VENV_PYTHON if VENV_PYTHON.exists() else sys.executable)
     parser.add_argument("--cycles", type=int, help="measured cycles (default 30; 4 with --quick)")
@@ -86,18 +75,19 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> Options:
     parser.add_argument("--send-interval", type=float, help="the remote-write agent's, a whole number of intervals "
                         "(default 5 s, the agent's at 1 s; the interval with --quick)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 cycles, >= 150 processes")
-    args = parser.parse_args(argv)
-    cycles = args.cycles if args.cycles is not None else (4 if args.quick else 30)
-    if cycles < 1:
+    options = parser.parse_args(argv)
+    options.cycles = options.cycles if options.cycles is not None else (4 if options.quick else 30)
+    if options.cycles < 1:
         parser.error("--cycles must be >= 1")
-    if not math.isfinite(args.interval) or not 0.1 <= args.interval <= 60:
+    if not math.isfinite(options.interval) or not 0.1 <= options.interval <= 60:
         parser.error("--interval must be between 0.1 and 60 seconds")
-    send = args.send_interval if args.send_interval is not None else args.interval if args.quick else 5.0
-    per_send = send / args.interval
+    if options.send_interval is None:
+        options.send_interval = options.interval if options.quick else 5.0
+    per_send = options.send_interval / options.interval
     if not math.isfinite(per_send) or per_send < 1 or abs(per_send - round(per_send)) > 1e-9:
         parser.error("--send-interval must be a whole number of intervals")
-    # warm-up cycles, processes on the host, busy processes
-    return Options(cycles, args.interval, args.python, send, *((2, 150, 2) if args.quick else (3, 300, 4)))
+    options.warmup, options.processes, options.busy = (2, 150, 2) if options.quick else (3, 300, 4)
+    return options
 
 
 def process_count() -> int:
@@ -113,17 +103,74 @@ def agents_python_version(python: str) -> str:
     return result.stdout.strip()
 
 
-class Bench:
-    """The options, the work directory and every process the benchmark starts (stopped by pid at the end)."""
+def accepted(endpoint: Endpoint, metric: str, handler: str) -> int:
+    """Requests the server answered with a 2xx on handler: its pusher's cycles (one server per pusher)."""
+    return int(endpoint.counter(metric, f'handler="{handler}"', 'code="2'))
 
-    def __init__(self, options: Options, workdir: Path) -> None:
+
+@dataclass
+class Subject:
+    label: str
+    process: Popen
+    count_cycles: Callable[[], int]
+    log: Path
+    pushed_at: float = 0.0  # monotonic time right after one of its cycles
+    start: Tuple[int, float] = (0, 0.0)  # cycles and CPU seconds when the window opened
+    cpu_used: float = 0.0
+    cycles: int = 0
+    peak_rss: int = 0
+
+    def snapshot_start(self) -> None:
+        self.start = self.count_cycles(), process_cpu_seconds(self.process.pid)
+
+    def snapshot_end(self) -> None:
+        self.cycles = self.count_cycles() - self.start[0]
+        self.cpu_used = process_cpu_seconds(self.process.pid) - self.start[1]
+        self.peak_rss = int(proc_status(self.process.pid, "VmHWM").split()[0]) * 1024  # "<n> kB"
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
+            raise BenchError(f"{self.label} exited with status {self.process.returncode}: {tail.strip()}")
+
+    @property
+    def cpu_ms_per_cycle(self) -> float:
+        return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
+
+
+class Bench:
+    """The options, the work directory and every process the benchmark starts (stopped by pid at the end);
+    the host's load: a few busy processes and idle `sleep`s under IDLE_NAMES names, topped up to the
+    target plus a margin (other jobs come and go), each ending by itself after `bound` seconds."""
+
+    def __init__(self, options: argparse.Namespace, workdir: Path) -> None:
         self.options, self.workdir = options, workdir
         self.processes: List[Popen] = []
+        self.bound = f"{(options.warmup + options.cycles) * options.interval + 180:.0f}"
+        sleep_bin = shutil.which("sleep")
+        if sleep_bin is None:
+            raise BenchError("no `sleep` binary on PATH")
+        # comm is the name a process was exec'd under, so symlinks give the idle processes many names.
+        (workdir / "bin").mkdir()
+        self.idle_commands = [str(workdir / "bin" / f"idle-{index:02d}") for index in range(IDLE_NAMES)]
+        for command in self.idle_commands:
+            os.symlink(sleep_bin, command)
+        self.spawned = 0
 
     def start(self, args: Sequence[str], log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Popen:
         with log.open("ab") if log else open(os.devnull, "wb") as stderr:  # the child has its own copy
             self.processes.append(Popen(list(args), stdout=subprocess.DEVNULL, stderr=stderr, env=env))
         return self.processes[-1]
+
+    def top_up(self) -> None:
+        """Spawns the busy processes (once), then idle ones until the host is 50 above the target."""
+        for index in range(self.spawned + 1, self.options.busy + 1):
+            self.start([sys.executable, "-c", BUSY_CODE, f"bench-busy-{index}", f"{0.02 * index:.2f}", self.bound])
+            self.spawned += 1
+        for _ in range(3):  # re-count: other jobs may end while we spawn
+            for _ in range(self.options.processes + 50 - process_count()):
+                self.start([self.idle_commands[self.spawned % IDLE_NAMES], self.bound])
+                self.spawned += 1
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -151,7 +198,7 @@ class Bench:
 
     def remote_writer(self) -> Subject:
         """The agent with --remote-write into its own Prometheus (no scrapes of its own)."""
-        directory = self.workdir / "rw"
+        directory, send_interval = self.workdir / "rw", self.options.send_interval
         directory.mkdir()
         (directory / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
         receiver = Prometheus(directory, directory / "prometheus.yml", ["--web.enable-remote-write-receiver"])
@@ -159,20 +206,17 @@ class Bench:
         self.processes.append(receiver.process)
         # Each answered write holds send_interval / interval cycles (the first one, sent at once, in
         # the warm-up): CPU per cycle is counted per cycle sent, like a push.
-        per_write, endpoint = round(self.options.send_interval / self.options.interval), Endpoint(receiver.url)
+        per_write, endpoint = round(send_interval / self.options.interval), Endpoint(receiver.url)
         writes = lambda: per_write * accepted(endpoint, "prometheus_http_requests_total", "/api/v1/write")  # noqa: E731
-        send_every = ["--remote-write-send-interval", f"{self.options.send_interval:g}"]
-        sink = ["--remote-write", receiver.url + "/api/v1/write", *send_every]
-        label = f"agent remote write, sent every {self.options.send_interval:g} s"
-        return self.agent(label, AGENT, directory, sink, writes)
+        sink = ["--remote-write", receiver.url + "/api/v1/write", "--remote-write-send-interval", f"{send_interval:g}"]
+        return self.agent(f"agent remote write, sent every {send_interval:g} s", AGENT, directory, sink, writes)
 
     def agent(self, label: str, script: Path, directory: Path, sink: List[str], count: Callable[[], int]) -> Subject:
         # The agent reads its settings from the environment too: none may leak in from the caller.
         env = {key: value for key, value in os.environ.items() if not key.startswith(("PUSH", "DEVICE_", "TOP_N"))}
         env.update(STATE_DIRECTORY=str(directory / "state"), LOG_LEVEL="WARNING")
-        interval = f"{self.options.interval:g}"
         command = [self.options.python, str(script), *sink, "--device-serial", f"bench-{directory.name}",
-                   "--interval", interval, "--job", JOB, "--top-n", "10"]  # fmt: skip
+                   "--interval", f"{self.options.interval:g}", "--job", JOB, "--top-n", "10"]  # fmt: skip
         log = directory / "pusher.log"
         return Subject(label, self.start(command, log, env), count, log)
 
@@ -180,75 +224,12 @@ class Bench:
         """node_exporter, and the scrape this script makes of it each cycle (its cycles are those scrapes)."""
         exporter, log, scrapes = Endpoint(f"http://127.0.0.1:{free_port()}"), self.workdir / "node_exporter.log", []
         argv = [NODE_EXPORTER_BIN, f"--web.listen-address={exporter.url.rsplit('/', 1)[1]}"]
-        process = start_daemon(argv, log, lambda: exporter.get("/metrics", 1.0), timeout=20)
-        self.processes.append(process)
-        subject = Subject("node_exporter (scraped each cycle)", process, lambda: len(scrapes), log)
+        self.processes.append(start_daemon(argv, log, lambda: exporter.get("/metrics", 1.0), timeout=20))
+        subject = Subject("node_exporter (scraped each cycle)", self.processes[-1], lambda: len(scrapes), log)
         return subject, lambda: scrapes.append(len(exporter.get("/metrics", 10)))
 
 
-class Load:
-    """A few busy processes and idle `sleep`s under IDLE_NAMES names, topped up to the target plus a margin
-    (other jobs come and go). Each one ends by itself after bound_seconds."""
-
-    def __init__(self, bench: Bench, bound_seconds: float) -> None:
-        self.bench, self.target, self.bound = bench, bench.options.processes, f"{bound_seconds:.0f}"
-        sleep_bin = shutil.which("sleep")
-        if sleep_bin is None:
-            raise BenchError("no `sleep` binary on PATH")
-        # comm is the name a process was exec'd under, so symlinks give the idle processes many names.
-        (bench.workdir / "bin").mkdir()
-        self.idle_commands = [str(bench.workdir / "bin" / f"idle-{index:02d}") for index in range(IDLE_NAMES)]
-        for command in self.idle_commands:
-            os.symlink(sleep_bin, command)
-        for index in range(1, bench.options.busy + 1):
-            bench.start([sys.executable, "-c", BUSY_CODE, f"bench-busy-{index}", f"{0.02 * index:.2f}", self.bound])
-        self.spawned = bench.options.busy
-
-    def top_up(self) -> None:
-        """Spawns idle processes until the host is 50 above the target."""
-        for _ in range(3):  # re-count: other jobs may end while we spawn
-            for _ in range(self.target + 50 - process_count()):
-                self.bench.start([self.idle_commands[self.spawned % IDLE_NAMES], self.bound])
-                self.spawned += 1
-
-
-def accepted(endpoint: Endpoint, metric: str, handler: str) -> int:
-    """Requests the server answered with a 2xx on handler: its pusher's cycles (one server per pusher)."""
-    return int(endpoint.counter(metric, f'handler="{handler}"', 'code="2'))
-
-
-@dataclass
-class Subject:
-    label: str
-    process: Popen
-    count_cycles: Callable[[], int]
-    log: Path
-    pushed_at: float = 0.0  # monotonic time right after one of its cycles
-    cpu_start: float = 0.0
-    cycles_start: int = 0
-    cpu_used: float = 0.0
-    cycles: int = 0
-    peak_rss: int = 0
-
-    def snapshot_start(self) -> None:
-        self.cycles_start, self.cpu_start = self.count_cycles(), process_cpu_seconds(self.process.pid)
-
-    def snapshot_end(self) -> None:
-        self.cycles = self.count_cycles() - self.cycles_start
-        self.cpu_used = process_cpu_seconds(self.process.pid) - self.cpu_start
-        self.peak_rss = int(proc_status(self.process.pid, "VmHWM").split()[0]) * 1024  # "<n> kB"
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
-            raise BenchError(f"{self.label} exited with status {self.process.returncode}: {tail.strip()}")
-
-    @property
-    def cpu_ms_per_cycle(self) -> float:
-        return 1000.0 * self.cpu_used / self.cycles if self.cycles else math.nan
-
-
-def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: Options) -> None:
+def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: argparse.Namespace) -> None:
     """Imports, first /proc scans and first connections (TLS handshakes) stay out of the window; then each
     pusher's phase: the moment right after a push, seen as its server's count going up."""
     for _ in range(options.warmup):
@@ -269,7 +250,7 @@ def warm_up(pushers: List[Subject], scrape: Callable[[], None], options: Options
 
 
 def run_window(
-    options: Options, pushers: List[Subject], node_exporter: Subject, scrape: Callable[[], None]
+    options: argparse.Namespace, pushers: List[Subject], node_exporter: Subject, scrape: Callable[[], None]
 ) -> Tuple[List[int], float]:
     """options.cycles intervals for every subject: node_exporter scraped on this script's grid, each pusher
     snapshotted half an interval after its pushes, so that no snapshot splits a collection from its push.
@@ -308,12 +289,12 @@ def rss_line(subject: Subject, name: str) -> str:
     )
 
 
-def report(subjects: List[Subject], counts: List[int], busy_share: float, options: Options) -> List[str]:
+def report(subjects: List[Subject], counts: List[int], busy_share: float, options: argparse.Namespace) -> List[str]:
     busy = round(100 * busy_share)  # the verdict follows the figure as printed
+    too_busy = f": too busy to count (>= {MAX_HOST_BUSY_PERCENT} %)" if busy >= MAX_HOST_BUSY_PERCENT else ""
     lines = [
         f"window: {options.cycles} cycles at {options.interval:g} s; processes on the host {min(counts)}-{max(counts)}",
-        f"host busy share: {busy}% of all CPU time of {os.cpu_count()} CPUs during the window (/proc/stat)"
-        + (f": too busy to count (>= {100 * MAX_HOST_BUSY_SHARE:.0f} %)" if busy >= 100 * MAX_HOST_BUSY_SHARE else ""),
+        f"host busy share: {busy}% of all CPU time of {os.cpu_count()} CPUs during the window (/proc/stat){too_busy}",
         "",
         f"{'subject':<42} {'cycles':>6} {'CPU ms/cycle':>12} {'CPU % of 1 core':>15} {'peak RSS MiB':>12}",
     ]
@@ -323,30 +304,29 @@ def report(subjects: List[Subject], counts: List[int], busy_share: float, option
             f"{subject.label:<42} {subject.cycles:>6} {subject.cpu_ms_per_cycle:>12.2f} {share:>15.2f} "
             f"{subject.peak_rss / 1048576:>12.1f}"
         )
-    cpu = dict(zip(("agent", "tls", "rw", "naive", "node"), (subject.cpu_ms_per_cycle for subject in subjects)))
+    agent, tls, rw, naive, node = (subject.cpu_ms_per_cycle for subject in subjects)
     return lines + [
         "",
         "ratios against the targets",
-        ratio_line("agent CPU/cycle / node_exporter CPU/scrape", cpu["agent"] / cpu["node"], TARGET_VS_NODE_EXPORTER),
-        ratio_line("agent CPU/cycle / naive CPU/cycle", cpu["agent"] / cpu["naive"], TARGET_VS_NAIVE),
+        ratio_line("agent CPU/cycle / node_exporter CPU/scrape", agent / node, TARGET_VS_NODE_EXPORTER),
+        ratio_line("agent CPU/cycle / naive CPU/cycle", agent / naive, TARGET_VS_NAIVE),
         rss_line(subjects[0], "agent"),
-        ratio_line("agent TLS CPU/cycle / node_exporter CPU/scrape", cpu["tls"] / cpu["node"], TARGET_VS_NODE_EXPORTER),
-        f"  {'agent TLS CPU/cycle / agent CPU/cycle':<46} = {cpu['tls'] / cpu['agent']:5.2f}",
+        ratio_line("agent TLS CPU/cycle / node_exporter CPU/scrape", tls / node, TARGET_VS_NODE_EXPORTER),
+        f"  {'agent TLS CPU/cycle / agent CPU/cycle':<46} = {tls / agent:5.2f}",
         rss_line(subjects[1], "agent TLS"),
-        ratio_line("agent RW CPU/cycle / agent CPU/cycle", cpu["rw"] / cpu["agent"], TARGET_RW_VS_AGENT),
+        ratio_line("agent RW CPU/cycle / agent CPU/cycle", rw / agent, TARGET_RW_VS_AGENT),
         rss_line(subjects[2], "agent RW"),
     ]
 
 
-def measure(options: Options) -> Iterator[str]:
+def measure(options: argparse.Namespace) -> Iterator[str]:
     require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN)
     yield f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}"
     yield f"machine: {machine(agents_python_version(options.python))} (the agents' interpreter: {options.python})"
     with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:
         bench = Bench(options, Path(tmp))
         try:
-            load = Load(bench, (options.warmup + options.cycles) * options.interval + 180)
-            load.top_up()
+            bench.top_up()
             pushers = [
                 bench.pusher("agent (files/push_monitor.py)", AGENT, "agent"),
                 bench.pusher("agent over TLS + basic auth (same script)", AGENT, "tls", tls=True),
@@ -354,9 +334,9 @@ def measure(options: Options) -> Iterator[str]:
                 bench.pusher("naive (bench/naive_agent.py)", NAIVE_AGENT, "naive"),
             ]
             node_exporter, scrape = bench.node_exporter()
-            print(f"agent_cost: {load.spawned} processes spawned; warm-up, {options.cycles} cycles", file=sys.stderr)
+            print(f"agent_cost: {bench.spawned} processes spawned; warm-up, {options.cycles} cycles", file=sys.stderr)
             warm_up(pushers, scrape, options)
-            load.top_up()
+            bench.top_up()
             counts, busy_share = run_window(options, pushers, node_exporter, scrape)
             subjects = [*pushers, node_exporter]
             for subject in subjects:
@@ -365,7 +345,7 @@ def measure(options: Options) -> Iterator[str]:
                     raise BenchError(f"{subject.label} completed no cycle in the window")
         finally:
             bench.stop_all()
-    yield f"load: {load.spawned} processes spawned, each ending by itself within {load.bound} s"
+    yield f"load: {bench.spawned} processes spawned, each ending by itself within {bench.bound} s"
     yield from report(subjects, counts, busy_share, options)
 
 
