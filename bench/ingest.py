@@ -152,32 +152,23 @@ class HttpExchange(asyncio.Protocol):
 
 
 class Worker:
-    """One load-generating process: its share of the devices and their connections across steps."""
+    """One load-generating process: its share of the devices, their connections and the devices it has
+    sent for once, per server port (a subject's server keeps its port for all its steps)."""
 
     def __init__(self, number: int, devices: List[Device]) -> None:
         self.number, self.devices = number, devices
-        self.connections: Dict[int, Tuple[asyncio.Transport, HttpExchange]] = {}
-        self.populated: Set[int] = set()
-        self.port = 0
-
-    def reset_for(self, port: int) -> None:
-        """A new server: every connection and every 'already sent' mark belongs to the old one."""
-        if self.port != port:
-            for transport, _ in self.connections.values():
-                transport.close()
-            self.connections.clear()
-            self.populated.clear()
-            self.port = port
+        self.connections: Dict[Tuple[int, int], Tuple[asyncio.Transport, HttpExchange]] = {}
+        self.populated: Set[Tuple[int, int]] = set()
 
     async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
-        request, loop = build_request(self.devices[index], cmd), asyncio.get_running_loop()
+        request, loop, key = build_request(self.devices[index], cmd), asyncio.get_running_loop(), (cmd.port, index)
         started = time.perf_counter()
-        transport, protocol = self.connections.get(index, (None, None))
+        transport, protocol = self.connections.get(key, (None, None))
         try:
             # A connection the server closed (its transport closes itself after the EOF) is opened anew.
             if transport is None or protocol is None or transport.is_closing():
                 connecting = loop.create_connection(HttpExchange, "127.0.0.1", cmd.port)
-                transport, protocol = self.connections[index] = await asyncio.wait_for(connecting, cmd.timeout)
+                transport, protocol = self.connections[key] = await asyncio.wait_for(connecting, cmd.timeout)
             protocol.waiter = loop.create_future()
             transport.write(request)
             status = await asyncio.wait_for(protocol.waiter, max(cmd.timeout - (time.perf_counter() - started), 0.001))
@@ -186,7 +177,7 @@ class Worker:
             result.failures["timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__] += 1
             if transport is not None:
                 transport.close()
-            self.connections.pop(index, None)
+            self.connections.pop(key, None)
             return False
         if not 200 <= status < 300:
             result.failures[f"http-{status}"] += 1
@@ -204,9 +195,9 @@ class Worker:
             async def once(index: int) -> None:
                 async with limit:
                     if await self.push(index, patient, result):
-                        self.populated.add(index)
+                        self.populated.add((cmd.port, index))
 
-            await asyncio.gather(*(once(index) for index in mine if index not in self.populated))
+            await asyncio.gather(*(once(index) for index in mine if (cmd.port, index) not in self.populated))
         else:
             await asyncio.gather(*(self.device_loop(index, cmd, cmd.start, result) for index in mine))
         return result
@@ -226,12 +217,12 @@ def worker_main(worker: Worker, pipe) -> None:  # noqa: ANN001 (a Connection)
     loop = asyncio.new_event_loop()  # one loop for the worker's life: kept-alive connections outlive a step
     for cmd in iter(pipe.recv, None):
         try:
-            worker.reset_for(cmd.port)
             pipe.send(loop.run_until_complete(worker.step(cmd)))
         except Exception as err:  # report, do not hang the parent
             pipe.send(err)
-    worker.reset_for(0)
-    loop.run_until_complete(asyncio.sleep(0))
+    for transport, _ in worker.connections.values():
+        transport.close()
+    loop.run_until_complete(asyncio.sleep(0))  # the transports close
     loop.close()
 
 
