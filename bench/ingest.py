@@ -68,10 +68,8 @@ SUBJECTS = {
 
 # The load generator: each worker process owns every WORKERS-th device and keeps one kept-alive HTTP/1.1
 # connection per device, as the agent does. Latency runs from writing the request to the last response byte.
-
-
-# The ms timestamp standing for cycle i of a batch is PLACEHOLDER_MS + i: a 6-byte varint, as current ms
-# timestamps are, whose bytes hardly occur in a request otherwise.
+# A batch's cycle i is stamped PLACEHOLDER_MS + i, a 6-byte varint as current ms timestamps are, whose bytes
+# hardly occur in a request otherwise: each send replaces them with the current times.
 PLACEHOLDER_MS = (1 << 41) + 0x3F_FFFF_FF00
 PLACEHOLDERS = [pm.varint(PLACEHOLDER_MS + cycle) for cycle in range(64)]
 
@@ -81,8 +79,8 @@ class Device:
     path: str  # the device's group at the Pushgateway
     body: bytes  # the agent's text exposition of one cycle
     phase: float  # share of its period after the step's start at which it sends
-    # The cycles of one send as the agent encodes them (one TimeSeries per series), cycle i stamped
-    # PLACEHOLDER_MS + i: every send gets the current times and is compressed anew.
+    # The cycles of one send as the agent encodes them (one TimeSeries per series), placeholder-stamped:
+    # every send gets the current times and is compressed anew.
     write_request: bytes = b""
     samples: int = 0  # in write_request
 
