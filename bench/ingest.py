@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """How many devices one server ingests at a 1 s interval: the stock Pushgateway (`stock`), the one the
 roles configure (`role`) and the agent's remote write into the roles' Prometheus (`remote_write`), one
-after the other in one run; the method and the results are in docs/benchmarks.md. Exit 0 with the
-results, 1 if the benchmark cannot run, 2 on bad input.
+after the other in one run; the method, the columns and the results are in docs/benchmarks.md. Exit 0
+with the results, 1 if the benchmark cannot run, 2 on bad input.
 
     .venv/bin/python bench/ingest.py                          # every subject, the default ramp
     .venv/bin/python bench/ingest.py --quick                  # smoke run: N = 5, 10
@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import math
 import multiprocessing
-import os
-import platform
 import random
 import re
-import signal
 import string
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import snappy
 
@@ -38,13 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a real Prometheus
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's collection, path and encoding
 
-import push_monitor as pm  # noqa: E402
-from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds, start_daemon, stop_process  # noqa: E402
-from testkit.server import Prometheus, read_flags, role_prometheus  # noqa: E402
-from testkit.web import http_get  # noqa: E402
+import push_monitor as pm  # noqa: E402, I001 (testkit.server's names on 2 lines, not 8)
+from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: E402
+from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds  # noqa: E402
+from testkit.server import PROMETHEUS_BIN, PUSHGATEWAY_BIN, Prometheus, Pushgateway, role_prometheus  # noqa: E402
+from testkit.server import role_pushgateway_flags  # noqa: E402
+from testkit.web import Endpoint  # noqa: E402
 
-PUSHGATEWAY_BIN = "/usr/bin/prometheus-pushgateway"
-PROMETHEUS_BIN = "/usr/bin/prometheus"
 DEFAULT_RAMP = "25,50,100,250,500,1000,1500,2000,2500,3000,3500,4000"
 QUICK_RAMP = "5,10"
 # Interfaces of the containers other jobs run here: a device has none, and keeping them would make
@@ -70,15 +68,10 @@ SUBJECTS = {
 
 # The load generator: each worker process owns every WORKERS-th device and keeps one kept-alive HTTP/1.1
 # connection per device, as the agent does. Latency runs from writing the request to the last response byte.
-
-
-def timestamp_placeholder(cycle: int) -> int:
-    """The ms timestamp standing for cycle `cycle` of a batch: a 6-byte varint, as current ms
-    timestamps are, whose bytes hardly occur in a request otherwise."""
-    return (1 << 41) + 0x3F_FFFF_FF00 + cycle
-
-
-PLACEHOLDERS = [pm.varint(timestamp_placeholder(cycle)) for cycle in range(64)]
+# A batch's cycle i is stamped PLACEHOLDER_MS + i, a 6-byte varint as current ms timestamps are, whose bytes
+# hardly occur in a request otherwise: each send replaces them with the current times.
+PLACEHOLDER_MS = (1 << 41) + 0x3F_FFFF_FF00
+PLACEHOLDERS = [pm.varint(PLACEHOLDER_MS + cycle) for cycle in range(64)]
 
 
 @dataclass
@@ -86,8 +79,8 @@ class Device:
     path: str  # the device's group at the Pushgateway
     body: bytes  # the agent's text exposition of one cycle
     phase: float  # share of its period after the step's start at which it sends
-    # The cycles of one send as the agent encodes them (one TimeSeries per series), cycle i stamped
-    # timestamp_placeholder(i): every send gets the current times and is compressed anew.
+    # The cycles of one send as the agent encodes them (one TimeSeries per series), placeholder-stamped:
+    # every send gets the current times and is compressed anew.
     write_request: bytes = b""
     samples: int = 0  # in write_request
 
@@ -131,19 +124,15 @@ def build_request(device: Device, cmd: StepCommand) -> bytes:
 
 
 class HttpExchange(asyncio.Protocol):
-    """One HTTP/1.1 client connection: a request at a time, the response framed by Content-Length."""
+    """One HTTP/1.1 client connection's responses, framed by Content-Length: each one settles the waiter of
+    the request before it. A raw protocol rather than asyncio streams: no task per request, so the
+    generator stays light."""
 
     def __init__(self) -> None:
-        self.transport: Optional[asyncio.Transport] = None
         self.buffer = bytearray()
         self.waiter: Optional[asyncio.Future] = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.closed = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("connection lost"))
 
@@ -154,59 +143,39 @@ class HttpExchange(asyncio.Protocol):
             return
         head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
         lengths = [line.split(":", 1)[1] for line in head[1:] if line.lower().startswith("content-length:")]
-        length = int(lengths[0]) if lengths else 0
-        if len(self.buffer) >= end + 4 + length:
-            del self.buffer[: end + 4 + length]
+        size = end + 4 + (int(lengths[0]) if lengths else 0)
+        if len(self.buffer) >= size:
+            del self.buffer[:size]
             self.waiter.set_result(int(head[0].split()[1]))
-
-    async def exchange(self, request: bytes, timeout: float) -> int:
-        assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await asyncio.wait_for(self.waiter, timeout)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self.closed = True
 
 
 class Worker:
-    """One load-generating process: its share of the devices and their connections across steps."""
+    """One load-generating process: its share of the devices, their connections and the devices it has
+    sent for once, per server port (a subject's server keeps its port for all its steps)."""
 
-    def __init__(self, number: int, count: int, devices: List[Device]) -> None:
-        self.number = number
-        self.count = count
-        self.devices = devices
-        self.connections: Dict[int, HttpExchange] = {}
-        self.populated: set = set()
-        self.port = 0
-
-    def reset_for(self, port: int) -> None:
-        """A new server: every connection and every 'already sent' mark belongs to the old one."""
-        if self.port != port:
-            for connection in self.connections.values():
-                connection.close()
-            self.connections.clear()
-            self.populated.clear()
-            self.port = port
+    def __init__(self, number: int, devices: List[Device]) -> None:
+        self.number, self.devices = number, devices
+        self.connections: Dict[Tuple[int, int], Tuple[asyncio.Transport, HttpExchange]] = {}
+        self.populated: Set[Tuple[int, int]] = set()
 
     async def push(self, index: int, cmd: StepCommand, result: StepResult) -> bool:
-        request = build_request(self.devices[index], cmd)
+        request, loop, key = build_request(self.devices[index], cmd), asyncio.get_running_loop(), (cmd.port, index)
         started = time.perf_counter()
-        protocol = self.connections.get(index)
+        transport, protocol = self.connections.get(key, (None, None))
         try:
-            if protocol is None or protocol.closed:
-                connecting = asyncio.get_running_loop().create_connection(HttpExchange, "127.0.0.1", cmd.port)
-                _, protocol = await asyncio.wait_for(connecting, cmd.timeout)
-                self.connections[index] = protocol
-            status = await protocol.exchange(request, max(cmd.timeout - (time.perf_counter() - started), 0.001))
+            # A connection the server closed (its transport closes itself after the EOF) is opened anew.
+            if transport is None or protocol is None or transport.is_closing():
+                connecting = loop.create_connection(HttpExchange, "127.0.0.1", cmd.port)
+                transport, protocol = self.connections[key] = await asyncio.wait_for(connecting, cmd.timeout)
+            protocol.waiter = loop.create_future()
+            transport.write(request)
+            status = await asyncio.wait_for(protocol.waiter, max(cmd.timeout - (time.perf_counter() - started), 0.001))
         except (asyncio.TimeoutError, OSError) as err:
             # The agent closes a connection after a timeout or error and opens a fresh one next time.
             result.failures["timeout" if isinstance(err, asyncio.TimeoutError) else type(err).__name__] += 1
-            if protocol is not None:
-                protocol.close()
-            self.connections.pop(index, None)
+            if transport is not None:
+                transport.close()
+            self.connections.pop(key, None)
             return False
         if not 200 <= status < 300:
             result.failures[f"http-{status}"] += 1
@@ -214,26 +183,21 @@ class Worker:
         result.latencies.append(time.perf_counter() - started)
         return True
 
-    async def prepopulate(self, cmd: StepCommand) -> StepResult:
-        """Sends for every new device once, so the step starts with N groups (or N devices' series)."""
-        result = StepResult()
-        limit = asyncio.Semaphore(32)
-        patient = dataclasses.replace(cmd, timeout=max(cmd.timeout, 10.0))
+    async def step(self, cmd: StepCommand) -> StepResult:
+        """Without a start: sends once for every new device, so that the step starts with N groups (or N
+        devices' series). With one: each device sends on its grid until the step's end."""
+        result, mine = StepResult(), range(self.number, cmd.devices, WORKERS)
+        if cmd.start is None:
+            limit, patient = asyncio.Semaphore(32), dataclasses.replace(cmd, timeout=max(cmd.timeout, 10.0))
 
-        async def one(index: int) -> None:
-            async with limit:
-                if await self.push(index, patient, result):
-                    self.populated.add(index)
+            async def once(index: int) -> None:
+                async with limit:
+                    if await self.push(index, patient, result):
+                        self.populated.add((cmd.port, index))
 
-        mine = range(self.number, cmd.devices, self.count)
-        await asyncio.gather(*(one(i) for i in mine if i not in self.populated))
-        return result
-
-    async def load(self, cmd: StepCommand) -> StepResult:
-        result = StepResult()
-        assert cmd.start is not None
-        mine = range(self.number, cmd.devices, self.count)
-        await asyncio.gather(*(self.device_loop(i, cmd, cmd.start, result) for i in mine))
+            await asyncio.gather(*(once(index) for index in mine if (cmd.port, index) not in self.populated))
+        else:
+            await asyncio.gather(*(self.device_loop(index, cmd, cmd.start, result) for index in mine))
         return result
 
     async def device_loop(self, index: int, cmd: StepCommand, start: float, result: StepResult) -> None:
@@ -246,28 +210,58 @@ class Worker:
             slot += max(1, math.ceil((time.monotonic() - slot) / cmd.cycles)) * cmd.cycles
 
 
-def worker_main(number: int, count: int, devices: List[Device], pipe) -> None:  # noqa: ANN001 (a Connection)
-    """Serves step commands from the pipe until it gets None; answers each with a StepResult."""
-    worker = Worker(number, count, devices)
-    # One loop for the worker's life: kept-alive connections belong to it and outlive a step.
-    loop = asyncio.new_event_loop()
-    while True:
-        cmd = pipe.recv()
-        if cmd is None:
-            break
+def worker_main(worker: Worker, pipe) -> None:  # noqa: ANN001 (a Connection)
+    """Serves step commands from the pipe until it gets None; answers each with a StepResult (or the error)."""
+    loop = asyncio.new_event_loop()  # one loop for the worker's life: kept-alive connections outlive a step
+    for cmd in iter(pipe.recv, None):
         try:
-            worker.reset_for(cmd.port)
-            pipe.send(loop.run_until_complete(worker.prepopulate(cmd) if cmd.start is None else worker.load(cmd)))
+            pipe.send(loop.run_until_complete(worker.step(cmd)))
         except Exception as err:  # report, do not hang the parent
             pipe.send(err)
-    worker.reset_for(0)
-    loop.run_until_complete(asyncio.sleep(0))
+    for transport, _ in worker.connections.values():
+        transport.close()
+    loop.run_until_complete(asyncio.sleep(0))  # the transports close
     loop.close()
-    pipe.close()
 
 
-class BenchError(Exception):
-    """The benchmark cannot run (a binary missing, a server died): one line, exit 1."""
+class Generator:
+    """WORKERS processes, each owning every WORKERS-th device, driven step by step over pipes."""
+
+    def __init__(self, devices: List[Device]) -> None:
+        self.devices = devices
+        context = multiprocessing.get_context("fork")
+        self.pipes, self.processes = [], []
+        for number in range(WORKERS):
+            parent, child = context.Pipe()
+            process = context.Process(target=worker_main, args=(Worker(number, devices), child), daemon=True)
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def run(self, cmd: StepCommand, timeout: float) -> StepResult:
+        for pipe in self.pipes:
+            pipe.send(cmd)
+        merged, deadline = StepResult(), time.monotonic() + timeout
+        for pipe in self.pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise BenchError(f"a load generator worker did not finish within {timeout:.0f} s")
+            answer = pipe.recv()
+            if isinstance(answer, Exception):
+                raise BenchError(f"a load generator worker failed: {answer!r}")
+            merged.latencies += answer.latencies
+            merged.failures += answer.failures
+        return merged
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):  # a worker that is gone already
+                pipe.send(None)
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
 
 def parse_ramp(raw: str) -> List[int]:
@@ -349,10 +343,10 @@ def build_devices(count: int, cycles: List[List[pm.Family]], send_interval: int)
         seen.add(serial)
         host = f"{rng.choice(['pos', 'kiosk', 'edge', 'lab'])}-{rng.randint(1, 400):03d}-{index:05d}"
         exposition = pm.Exposition(serial, host, 1.0)
-        # The agent's request for a send interval's cycles, cycle i stamped timestamp_placeholder(i).
+        # The agent's request for a send interval's cycles, cycle i stamped PLACEHOLDER_MS + i.
         encoder, batch = pm.WriteRequestEncoder(pm.DEFAULT_JOB, exposition.device_labels), pm.SeriesBatch()
         for cycle, families in enumerate(cycles[:send_interval]):
-            encoder.add(batch, families, timestamp_placeholder(cycle))
+            encoder.add(batch, families, PLACEHOLDER_MS + cycle)
         text = exposition.text(cycles[0])
         path = pm.grouping_path(pm.DEFAULT_JOB, serial)
         devices.append(Device(path, text, rng.random(), batch.encode(), batch.samples))
@@ -369,97 +363,24 @@ def wire_bytes_per_sample(cycles: List[List[pm.Family]], remote_write: bool, sen
 
 @dataclass
 class Server:
-    gateway: Optional[subprocess.Popen]  # None for remote write: the devices write to Prometheus
+    gateway: Optional[Pushgateway]  # None for remote write: the devices write to Prometheus
     port: int  # where the devices send: the gateway, or Prometheus' receiver
     prometheus: Prometheus
-    gateway_flags: List[str]
 
+    def value(self, expr: str, at: float) -> Optional[float]:
+        """A PromQL query's first value at `at`; None when there is none or Prometheus does not answer."""
+        try:
+            result = self.prometheus.api("query", query=expr, time=f"{at:.3f}")["result"]
+        except (AssertionError, OSError, ValueError):
+            return None
+        return float(result[0]["value"][1]) if result else None
 
-def start_server(subject: str, workdir: Path) -> Server:
-    gateway_port, prometheus_port = free_port(), free_port()
-    remote_write = subject == "remote_write"
-    gateway, flags = None, []
-    try:
-        prometheus, rendered = role_prometheus(workdir, {
-            "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway_port}"],
-            "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
-            "prometheus_remote_write_receiver": remote_write,
-        }, prometheus_port)  # fmt: skip
-        if not remote_write:  # the remote_write subject's pushgateway job finds nothing to scrape
-            # This run's own listen address and persistence file (Debian's default one is shared).
-            own = ("--web.listen-address", "--persistence.file", "--web.config.file")  # plain HTTP on loopback
-            rendered_flags = [] if subject == "stock" else read_flags(rendered / "flags" / "pushgateway.env")
-            flags = [f"--web.listen-address=127.0.0.1:{gateway_port}", f"--persistence.file={workdir / 'gateway.data'}"]
-            flags += [flag for flag in rendered_flags if flag.split("=", 1)[0] not in own]
-            ready = f"http://127.0.0.1:{gateway_port}/-/ready"
-            gateway = start_daemon([PUSHGATEWAY_BIN, *flags], workdir / "pushgateway.log", lambda: http_get(ready, 1))
-        prometheus.start()
-    except AssertionError as err:
-        stop_process(gateway)
-        raise BenchError(str(err)) from None
-    return Server(gateway, prometheus_port if remote_write else gateway_port, prometheus, flags)
-
-
-def samples_appended(server: Server) -> Optional[float]:
-    """Prometheus' prometheus_tsdb_head_samples_appended_total, from its /metrics; None when it does not
-    answer within 30 s (the step then fails)."""
-    try:
-        text = http_get(f"{server.prometheus.url}/metrics", 30).decode()
-    except OSError:
-        return None
-    prefix = "prometheus_tsdb_head_samples_appended_total"
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
-
-
-def prometheus_value(server: Server, expr: str, at: float) -> Optional[float]:
-    try:
-        result = server.prometheus.api("query", query=expr, time=f"{at:.3f}")["result"]
-    except (AssertionError, OSError, ValueError):
-        return None
-    return float(result[0]["value"][1]) if result else None
-
-
-class Generator:
-    """WORKERS processes, each owning every WORKERS-th device, driven step by step over pipes."""
-
-    def __init__(self, devices: List[Device]) -> None:
-        self.devices = devices
-        context = multiprocessing.get_context("fork")
-        self.pipes, self.processes = [], []
-        for number in range(WORKERS):
-            parent, child = context.Pipe()
-            process = context.Process(target=worker_main, args=(number, WORKERS, devices, child), daemon=True)
-            process.start()
-            child.close()
-            self.pipes.append(parent)
-            self.processes.append(process)
-
-    def run(self, cmd: StepCommand, timeout: float) -> StepResult:
-        for pipe in self.pipes:
-            pipe.send(cmd)
-        merged = StepResult()
-        deadline = time.monotonic() + timeout
-        for pipe in self.pipes:
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise BenchError(f"a load generator worker did not finish within {timeout:.0f} s")
-            answer = pipe.recv()
-            if isinstance(answer, Exception):
-                raise BenchError(f"a load generator worker failed: {answer!r}")
-            merged.latencies += answer.latencies
-            merged.failures += answer.failures
-        return merged
-
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            try:
-                pipe.send(None)
-            except OSError:
-                pass
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
+    def samples_appended(self) -> Optional[float]:
+        """From Prometheus' own /metrics; None when it does not answer within 30 s (the step then fails)."""
+        try:
+            return Endpoint(self.prometheus.url).counter("prometheus_tsdb_head_samples_appended_total", timeout=30)
+        except OSError:
+            return None
 
 
 @dataclass
@@ -479,22 +400,18 @@ class Step:
     push_cpu_us: Optional[float] = None  # gateway CPU per push: the load window's CPU minus its scrapes'
     stored_share: Optional[float] = None  # remote write: samples Prometheus appended / samples sent
 
-    def ingested(self) -> bool:
-        if self.remote_write:
-            return self.stored_share is not None and self.stored_share >= STORED_MIN
-        return self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT and self.up_min == 1
-
     def why_not(self) -> str:
-        reasons = []
-        if self.failed:
-            reasons.append(f"failed requests ({', '.join(f'{k} {v}' for k, v in sorted(self.failures.items()))})")
-        if not self.p99_ms < P99_LIMIT * 1000:
-            reasons.append("p99 >= 250 ms")
-        if not self.ingested():
-            reasons.append("stored < 95 % of sent (or unknown)" if self.remote_write else "scrape >= 1 s or up 0")
-        if self.achieved < ACHIEVED_MIN * self.offered:
-            reasons.append("achieved < 95 % of offered")
-        return "; ".join(reasons)
+        # An unknown share or scrape duration (Prometheus did not answer) is not a pass.
+        if self.remote_write:
+            ingested, missed = (self.stored_share or 0) >= STORED_MIN, "stored < 95 % of sent (or unknown)"
+        else:
+            scrape_ok = self.scrape_max_s is not None and self.scrape_max_s < SCRAPE_LIMIT
+            ingested, missed = scrape_ok and self.up_min == 1, "scrape >= 1 s or up 0"
+        failures = ", ".join(f"{kind} {count}" for kind, count in sorted(self.failures.items()))
+        return "; ".join(reason for failed, reason in [
+            (self.failed, f"failed requests ({failures})"), (not self.p99_ms < P99_LIMIT * 1000, "p99 >= 250 ms"),
+            (not ingested, missed), (self.achieved < ACHIEVED_MIN * self.offered, "achieved < 95 % of offered"),
+        ] if failed)  # fmt: skip
 
     def passed(self) -> bool:
         return not self.why_not()
@@ -508,16 +425,12 @@ def percentile(values: List[float], share: float) -> float:
 def run_step(server: Server, generator: Generator, n: int, args: argparse.Namespace) -> Step:
     remote_write = server.gateway is None
     cycles = args.send_interval if remote_write else 1
-    # Whole send intervals: every device sends as often in the window.
-    duration = math.ceil(args.duration / cycles) * cycles
+    duration = math.ceil(args.duration / cycles) * cycles  # whole send intervals: every device sends as often
     base = StepCommand(server.port, n, remote_write, cycles, duration)
     prepopulated = generator.run(base, timeout=120)
-    gateway = [] if server.gateway is None else [server.gateway.pid]
-    pids = {
-        "gen": [p.pid for p in generator.processes],
-        "gateway": gateway,
-        "prometheus": [server.prometheus.process.pid],
-    }
+    gateway = [] if server.gateway is None else [server.gateway.process.pid]
+    pids = {"gen": [p.pid for p in generator.processes], "gateway": gateway,
+            "prometheus": [server.prometheus.process.pid]}  # fmt: skip
     quiet_cpu = quiet_start = quiet_end = 0.0
     if remote_write:
         time.sleep(cycles)  # every sample of the load newer than the prepopulation's: no out-of-order appends
@@ -531,9 +444,8 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     cpu_before = {k: sum(map(process_cpu_seconds, v)) for k, v in pids.items()}
     busy_before, total_before = host_cpu_seconds()
     wall_start = time.time() + 0.5
-    appended_before = samples_appended(server) if remote_write else None
-    load = dataclasses.replace(base, start=time.monotonic() + 0.5)
-    result = generator.run(load, timeout=duration + 60)
+    appended_before = server.samples_appended() if remote_write else None
+    result = generator.run(dataclasses.replace(base, start=time.monotonic() + 0.5), timeout=duration + 60)
     wall_end = time.time()
     busy_after, total_after = host_cpu_seconds()
     used = {k: sum(map(process_cpu_seconds, v)) - cpu_before[k] for k, v in pids.items()}
@@ -548,19 +460,19 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
     )  # fmt: skip
     if remote_write:
         # Appended before each request was answered: the counter is complete when the load ends.
-        appended_after = samples_appended(server)
+        appended_after = server.samples_appended()
         if appended_before is not None and appended_after is not None:
             sent = max(1, len(result.latencies) * generator.devices[0].samples)
             step.stored_share = (appended_after - appended_before) / sent
         return step
     time.sleep(2.5)  # the last scrape of the window is in the TSDB
     over = f'{{job="pushgateway"}}[{max(1, int(wall_end - wall_start))}s]'
-    step.scrape_max_s = prometheus_value(server, f"max(max_over_time(scrape_duration_seconds{over}))", wall_end)
-    step.up_min = prometheus_value(server, f"min(min_over_time(up{over}))", wall_end)
-    step.samples = prometheus_value(server, f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end)
+    step.scrape_max_s = server.value(f"max(max_over_time(scrape_duration_seconds{over}))", wall_end)
+    step.up_min = server.value(f"min(min_over_time(up{over}))", wall_end)
+    step.samples = server.value(f"sum(max_over_time(scrape_samples_scraped{over}))", wall_end)
     quiet = f'{{job="pushgateway"}}[{max(1, int(quiet_end - quiet_start))}s]'
-    quiet_scrapes = prometheus_value(server, f"sum(count_over_time(up{quiet}))", quiet_end)
-    load_scrapes = prometheus_value(server, f"sum(count_over_time(up{over}))", wall_end) or 0
+    quiet_scrapes = server.value(f"sum(count_over_time(up{quiet}))", quiet_end)
+    load_scrapes = server.value(f"sum(count_over_time(up{over}))", wall_end) or 0
     pushes = len(result.latencies) + sum(result.failures.values())
     if quiet_scrapes:
         step.scrape_cpu_ms = 1000 * quiet_cpu / quiet_scrapes
@@ -568,10 +480,6 @@ def run_step(server: Server, generator: Generator, n: int, args: argparse.Namesp
             step.push_cpu_us = 1e6 * max(0.0, used["gateway"] - quiet_cpu / quiet_scrapes * load_scrapes) / pushes
     return step
 
-
-# ---------------------------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------------------------
 
 HEADER = (
     f"{'subject':<14}{'N':>6}{'offered/s':>10}{'achieved/s':>11}{'failed':>8}{'p99 ms':>8}{'scrape s':>9}{'up':>4}"
@@ -594,23 +502,19 @@ def row(label: str, step: Step) -> str:
     )
 
 
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
 def binary_version(binary: str) -> str:
     result = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     return (result.stdout or result.stderr).splitlines()[0].strip()
 
 
 def header_lines(args: argparse.Namespace, cycles: List[List[pm.Family]], devices: List[Device]) -> List[str]:
-    series, interval = args.series, args.send_interval
+    series, interval = sum(len(family.samples) for family in cycles[0]), args.send_interval
     wire = f"wire bytes per sample (request head + body): pushgateway {wire_bytes_per_sample(cycles, False):.1f}"
     wire += f", remote write {wire_bytes_per_sample(cycles, True, interval):.1f} (send interval {interval} s)"
     wire += f", {wire_bytes_per_sample(cycles, True):.1f} (send interval 1 s)"
     return [
         "# bench/ingest.py: devices one server ingests at a 1 s interval",
-        f"host: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
+        f"machine: {machine()}",
         f"pushgateway: {binary_version(PUSHGATEWAY_BIN)}; prometheus: {binary_version(PROMETHEUS_BIN)}",
         f"payload: the agent's collection and encoding, top-n 10: {series} series per device (+2 the gateway adds: "
         f"push_time_seconds, push_failure_time_seconds), text body {len(devices[0].body)} bytes, "
@@ -618,32 +522,23 @@ def header_lines(args: argparse.Namespace, cycles: List[List[pm.Family]], device
         wire,
         f"load: 1 s cycles, remote write one request per {interval} s per device, timeout {TIMEOUT:g} s, "
         f"{args.duration} s per step, {WORKERS} generator processes, ramp {','.join(map(str, args.ramp))}",
-        f"pass: 0 failed requests, p99 < {P99_LIMIT * 1000:.0f} ms, achieved >= {ACHIEVED_MIN:.0%} of offered "
-        f"requests; gateway: scrape_duration_seconds < {SCRAPE_LIMIT:g} s and up == 1 all step; remote write: "
-        f">= {STORED_MIN:.0%} of the samples sent appended",
-        "CPU columns: percent of the whole machine (all cores) over the step's load window, from /proc; other% = "
-        "everything else on this machine",
-        f"scrapeCPU ms: gateway CPU per scrape of the N groups, from {QUIET_SECONDS:g} s of scrapes without pushes; "
-        "pushCPU us: gateway CPU per push (load window minus its scrapes)",
     ]
 
 
 def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
-    best = {subject: max((st.devices for st in steps if st.passed()), default=0) for subject, steps in results.items()}
-    lines = ["", "# largest N that passed"]
+    lines, best = ["", "# largest N that passed"], {}
     for subject, steps in results.items():
         top = max((st for st in steps if st.passed()), key=lambda st: st.devices, default=None)
+        best[subject] = top.devices if top else 0
         scrape = "" if top is None or top.remote_write else f", scrape {fmt(top.scrape_max_s, '.3f')} s"
         detail = f" (p99 {top.p99_ms:.1f} ms{scrape})" if top else ""
         bound = " (ramp ended without a failing step: a lower bound)" if all(st.passed() for st in steps) else ""
         lines.append(f"{subject}: {best[subject]} devices{detail}{bound}")
     stock, role = best.get("stock", 0), best.get("role", 0)
-    if "stock" in results and "role" in results:
-        if stock:
-            verdict = "PASS" if role / stock >= TARGET_RATIO else "MISS"
-            lines.append(f"ratio role/stock = {role / stock:.1f}x (target >= {TARGET_RATIO:g}x: {verdict})")
-        else:  # no passing step to divide by: not a pass, whatever the numerator
-            lines.append(f"ratio role/stock = n/a (stock passed no step; target >= {TARGET_RATIO:g}x: MISS)")
+    if "stock" in results and "role" in results:  # no passing stock step to divide by: not a pass
+        ratio = f"{role / stock:.1f}x (" if stock else "n/a (stock passed no step; "
+        verdict = "PASS" if stock and role / stock >= TARGET_RATIO else "MISS"
+        lines.append(f"ratio role/stock = {ratio}target >= {TARGET_RATIO:g}x: {verdict})")
     if "role" in results:
         lines.append(
             f"role devices = {role} (target >= {TARGET_DEVICES}: {'PASS' if role >= TARGET_DEVICES else 'MISS'})"
@@ -656,68 +551,64 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
 
 
 def ramp_subject(
-    subject: str, args: argparse.Namespace, generator: Generator, workdir: Path, deadline: float
-) -> List[Step]:
-    server = start_server(subject, workdir)
-    steps: List[Step] = []
+    subject: str, args: argparse.Namespace, generator: Generator, workdir: Path, *, deadline: float, steps: List[Step]
+) -> Iterator[str]:
+    """The subject's servers, then its ramp (into steps) until a step fails; yields the lines to print."""
+    remote_write, prometheus_port = subject == "remote_write", free_port()
+    gateway = Pushgateway(workdir, port=free_port())  # remote_write starts none: Prometheus' target stays down
+    prometheus, rendered = role_prometheus(workdir, {
+        "prometheus_pushgateway_targets": [f"127.0.0.1:{gateway.port}"],
+        "prometheus_self_target": f"127.0.0.1:{prometheus_port}",
+        "prometheus_remote_write_receiver": remote_write,
+    }, prometheus_port)  # fmt: skip
+    gateway.extra_args = role_pushgateway_flags(rendered) if subject == "role" else []
+    server = Server(None, prometheus_port, prometheus) if remote_write else Server(gateway, gateway.port, prometheus)
     try:
-        say(f"## {subject}: {SUBJECTS[subject]}")
-        say(f"   gateway flags: {' '.join(server.gateway_flags)}")
-        say(f"   prometheus flags: {' '.join(server.prometheus.args)}")
+        if server.gateway is not None:
+            gateway.start()
+        prometheus.start()
+        yield f"## {subject}: {SUBJECTS[subject]}"
+        yield f"   gateway flags: {' '.join(gateway.args) if server.gateway else ''}"
+        yield f"   prometheus flags: {' '.join(prometheus.args)}"
         for n in args.ramp:
             if time.monotonic() > deadline:
-                say(f"   (stopped: {MAX_MINUTES:g} minutes reached)")
+                yield f"   (stopped: {MAX_MINUTES:g} minutes reached)"
                 break
-            if server.gateway is not None and server.gateway.poll() is not None:
+            if server.gateway is not None and gateway.process.poll() is not None:
                 raise BenchError(f"the {subject} pushgateway exited")
             steps.append(run_step(server, generator, n, args))
-            say(row(subject, steps[-1]))
+            yield row(subject, steps[-1])
             if not steps[-1].passed():
                 break
     finally:
-        server.prometheus.stop()
-        stop_process(server.gateway)
-    return steps
+        prometheus.stop()
+        gateway.stop()
 
 
-def run(args: argparse.Namespace) -> None:
-    for binary in (PUSHGATEWAY_BIN, PROMETHEUS_BIN):
-        if not os.access(binary, os.X_OK):
-            raise BenchError(f"{binary} is missing (apt install prometheus prometheus-pushgateway)")
+def measure(args: argparse.Namespace) -> Iterator[str]:
+    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN)
     cycles = device_cycles(args.send_interval)
-    args.series = sum(len(family.samples) for family in cycles[0])
     devices = build_devices(max(args.ramp), cycles, args.send_interval)
-    for line in header_lines(args, cycles, devices):
-        say(line)
+    yield from header_lines(args, cycles, devices)
     deadline = time.monotonic() + 60 * MAX_MINUTES
     generator = Generator(devices)
     results: Dict[str, List[Step]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-            say("")
-            say(HEADER)
+            yield from ("", HEADER)
             for subject in args.subjects:
                 (Path(tmp) / subject).mkdir()
-                results[subject] = ramp_subject(subject, args, generator, Path(tmp) / subject, deadline)
+                results[subject] = []
+                workdir = Path(tmp) / subject
+                yield from ramp_subject(subject, args, generator, workdir, deadline=deadline, steps=results[subject])
     finally:
         generator.stop()
-    for line in summary_lines(results):
-        say(line)
+    yield from summary_lines(results)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every gateway, Prometheus and worker.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        run(args)
-    except BenchError as err:
-        print(f"bench/ingest.py: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench/ingest.py: interrupted", file=sys.stderr)
-        return 1
-    return 0
+    return run_benchmark("bench/ingest.py", lambda: measure(args))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,10 @@
 #!/usr/bin/env python3
-"""The straightforward way to write the push agent, kept as the benchmark's yardstick.
-
-Same metrics, same interval, same Pushgateway group as files/push_monitor.py, written the way most
-examples do it: psutil.process_iter with cpu_percent / memory_info / name, prometheus_client Gauges
-with labels, and push_to_gateway every cycle. It is deliberately not tuned, but it is not made
-worse than it needs to be either: process_iter keeps its Process objects between calls, so
-cpu_percent(interval=None) gives real deltas without sleeping inside a cycle.
-
-Not part of the product: bench/agent_cost.py starts it next to the real agent and compares costs.
-"""
+"""The straightforward way to write the push agent, the yardstick bench/agent_cost.py measures it against
+(not part of the product). Same metrics, interval and Pushgateway group as files/push_monitor.py, written
+the way most examples do it: psutil.process_iter with cpu_percent / memory_info / name, prometheus_client
+Gauges with labels, and push_to_gateway every cycle. Not tuned, but not made worse than it needs to be:
+process_iter keeps its Process objects between calls, so cpu_percent(interval=None) gives real deltas
+without sleeping inside a cycle."""
 
 from __future__ import annotations
 
@@ -122,8 +118,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
-    identity = [args.device_serial, socket.gethostname()]
-    metrics = Metrics()
+    identity, group = [args.device_serial, socket.gethostname()], {"device_serial": args.device_serial}
+    metrics, timeout = Metrics(), args.interval * 0.8
     psutil.cpu_percent(interval=None)  # start the deltas for the first cycle
     next_push = time.monotonic() + args.interval
     try:
@@ -132,13 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             next_push += args.interval
             collect(metrics, identity, args.top_n, args.interval)
             try:
-                push_to_gateway(
-                    args.pushgateway,
-                    job=args.job,
-                    registry=metrics.registry,
-                    grouping_key={"device_serial": args.device_serial},
-                    timeout=args.interval * 0.8,
-                )
+                push_to_gateway(args.pushgateway, args.job, metrics.registry, grouping_key=group, timeout=timeout)
             except OSError as err:
                 print(f"naive_agent: push failed: {err}", file=sys.stderr)
     except KeyboardInterrupt:

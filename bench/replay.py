@@ -1,15 +1,9 @@
 #!/usr/bin/env python3
-"""How fast the agent replays a backlog after an outage, while its live cycles keep going.
-
-A real one-hour backlog (3600 cycles at 1 s of this host's metrics, collected once and encoded by the
-agent's own code with one timestamp per second of the last hour) is written into a state directory
-with the agent's DiskBuffer, exactly as an outage would have left it. Then files/push_monitor.py
---remote-write starts against the prometheus role's Prometheus (receiver and out-of-order window on,
-loopback) and the script waits until the buffer directory is empty.
-
-Prints the backlog's size, the replay time and its speed as a multiple of real time (target >= 30x),
-the live cycles that failed meanwhile (target 0) and the samples Prometheus holds for the hour.
-Exit 0 either way; 1 if the benchmark cannot run.
+"""How fast the agent replays a backlog after an outage, while its live cycles keep going: a real backlog
+of this host's metrics in the agent's disk buffer, then files/push_monitor.py --remote-write against the
+prometheus role's Prometheus until the buffer is empty; the method and the results are in
+docs/benchmarks.md. Exit 0 with the speed and the failed live cycles against their targets, PASS or MISS;
+1 if the benchmark cannot run, 2 on bad options.
 
     .venv/bin/python bench/replay.py [--hours 1]
 """
@@ -22,13 +16,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "files"))
 
 import push_monitor as pm  # noqa: E402
+from testkit.bench import machine, run_benchmark  # noqa: E402
 from testkit.process import stop_process, wait_until  # noqa: E402
 from testkit.server import role_prometheus  # noqa: E402
 
@@ -37,6 +32,7 @@ SERIAL = "bench-replay"
 TARGET_SPEED = 30.0
 # The backlog's host name: its series are told apart from the live cycles' (the real host name).
 BACKLOG_HOST = "replay-backlog"
+BACKLOG_SERIES = f'push_monitor_collection_timestamp_seconds{{device_serial="{SERIAL}",hostname="{BACKLOG_HOST}"}}'
 
 
 def write_backlog(state_dir: Path, seconds: int) -> pm.DiskBuffer:
@@ -57,8 +53,9 @@ def write_backlog(state_dir: Path, seconds: int) -> pm.DiskBuffer:
     return buffer
 
 
-def run(hours: float) -> List[str]:
+def measure(hours: float) -> Iterator[str]:
     seconds = int(hours * 3600)
+    yield f"machine: {machine()}"
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         workdir = Path(tmp)
         prometheus, _ = role_prometheus(workdir, {"prometheus_remote_write_receiver": True})
@@ -69,30 +66,28 @@ def run(hours: float) -> List[str]:
             segments = workdir / "state" / pm.BUFFER_DIR
             log = workdir / "agent.log"
             started = time.monotonic()
-            agent = subprocess.Popen(
-                [sys.executable, str(AGENT), "--remote-write", f"{prometheus.url}/api/v1/write", "--job", "bench",
-                 "--device-serial", SERIAL, "--interval", "1", "--state-dir", str(workdir / "state")],
-                stdout=subprocess.DEVNULL, stderr=log.open("ab"),
-            )  # fmt: skip
+            with log.open("ab") as stderr:
+                agent = subprocess.Popen(
+                    [sys.executable, str(AGENT), "--remote-write", f"{prometheus.url}/api/v1/write", "--job", "bench",
+                     "--device-serial", SERIAL, "--interval", "1", "--state-dir", str(workdir / "state")],
+                    stdout=subprocess.DEVNULL, stderr=stderr,
+                )  # fmt: skip
             wait_until(lambda: not list(segments.glob("*.seg")), 40 * seconds, 0.2, message="the backlog replayed")
             replayed = time.monotonic() - started
             failures = [line for line in log.read_text().splitlines() if "failed" in line or "refused" in line]
-            selector = (
-                f'push_monitor_collection_timestamp_seconds{{device_serial="{SERIAL}",hostname="{BACKLOG_HOST}"}}'
-            )
-            stored = prometheus.instant(f"count_over_time({selector}[{seconds + 120}s])")
+            stored = prometheus.instant(f"count_over_time({BACKLOG_SERIES}[{seconds + 120}s])")
         finally:
             stop_process(agent)
             prometheus.stop()
     speed = seconds / replayed
-    held = int(float(stored[0]["value"][1])) if stored else 0
-    return [
-        f"backlog: {seconds} cycles ({hours:g} h at 1 s), {buffer.samples} samples, {buffer.disk_bytes} bytes on disk",
+    yield f"backlog: {seconds} cycles ({hours:g} h at 1 s), {buffer.samples} samples, {buffer.disk_bytes} bytes on disk"
+    yield (
         f"replayed in {replayed:.1f} s (from the agent's start, its 0-10 s start spread included): "
-        f"{speed:.0f}x real time (target >= {TARGET_SPEED:g}x: {'PASS' if speed >= TARGET_SPEED else 'MISS'})",
-        f"live cycles failed meanwhile: {len(failures)} (target 0: {'PASS' if not failures else 'MISS'})",
-        f"Prometheus holds {held} of the {seconds} backlog cycles (its collection-time series)",
-    ]
+        f"{speed:.0f}x real time (target >= {TARGET_SPEED:g}x: {'PASS' if speed >= TARGET_SPEED else 'MISS'})"
+    )
+    yield f"live cycles failed meanwhile: {len(failures)} (target 0: {'PASS' if not failures else 'MISS'})"
+    held = int(float(stored[0]["value"][1])) if stored else 0
+    yield f"Prometheus holds {held} of the {seconds} backlog cycles (its collection-time series)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -101,13 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.hours <= 24:
         parser.error("--hours must be in (0, 24]")
-    try:
-        lines = run(args.hours)
-    except (AssertionError, OSError, pm.ConfigError) as err:
-        print(f"bench/replay.py: error: {err}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return run_benchmark("bench/replay.py", lambda: measure(args.hours), errors=(pm.ConfigError,))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Free loopback ports, polling, stopping the processes a test or benchmark started, and CPU time from /proc."""
+"""Free loopback ports, polling, stopping the processes a test or benchmark started, and their CPU time and
+status from /proc."""
 
 from __future__ import annotations
 
@@ -81,6 +82,15 @@ def processes_marked(marker: str) -> List[int]:
         except OSError:
             continue  # gone, or a kernel thread
     return found
+
+
+def proc_status(pid: int, field: str) -> str:
+    """One field of /proc/<pid>/status (VmHWM, SigCgt, ...), its value as written there."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def process_cpu_seconds(pid: int) -> float:

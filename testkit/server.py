@@ -1,22 +1,25 @@
 """The monitoring server as the roles configure it, outside a host: the roles' templates rendered by
-playbooks/render-server-config.yml, and a real Prometheus (Debian's binary) on a free loopback port."""
+playbooks/render-server-config.yml, and a real Prometheus, Pushgateway and Alertmanager (Debian's
+binaries) on free loopback ports."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from testkit import ROOT
 from testkit.playbook import run_playbook
 from testkit.process import free_port, start_daemon, stop_process
-from testkit.web import http_get
+from testkit.web import Endpoint, http_get
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
+PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 PROMTOOL_BIN = "/usr/bin/promtool"
 ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 RENDER_PLAYBOOK = ROOT / "playbooks" / "render-server-config.yml"
@@ -107,6 +110,66 @@ def role_prometheus(workdir: Path, extra_vars: Dict[str, Any], port: Optional[in
         flag for flag in read_flags(rendered / "flags" / "prometheus.env") if not flag.startswith("--web.config.file=")
     ]
     return Prometheus(workdir, rendered / "prometheus" / "prometheus.yml", flags, port), rendered
+
+
+def role_pushgateway_flags(render: Path) -> List[str]:
+    """The flags roles/pushgateway renders, minus the ones Pushgateway sets itself (listen address,
+    persistence file) and the web config (plain HTTP on loopback)."""
+    own = ("--web.listen-address", "--persistence.file", "--web.config.file")
+    return [flag for flag in read_flags(render / "flags" / "pushgateway.env") if flag.split("=", 1)[0] not in own]
+
+
+class Pushgateway:
+    """A real Pushgateway on a free loopback port (or on port, when Prometheus' config must name it first)
+    with its own persistence file in workdir (Debian's default one is shared) and extra_args; over HTTPS
+    with a login when given the CA and the login its --web.config.file sets. Restartable on the same port."""
+
+    admin_api = False  # --web.enable-admin-api, unless extra_args has it
+
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: Optional[Sequence[str]] = None,
+        auth: Optional[Tuple[str, str]] = None,
+        ca_file: Optional[str] = None,
+        port: Optional[int] = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.endpoint, self.ca_file = Endpoint(self.url, *(auth or (None, None)), ca_file), ca_file
+        self.workdir = workdir
+        self.extra_args = list(extra_args or [])
+        self.log = workdir / "pushgateway.log"
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def args(self) -> List[str]:
+        own = [f"--web.listen-address=127.0.0.1:{self.port}", f"--persistence.file={self.workdir / 'pushgateway.db'}"]
+        admin = ["--web.enable-admin-api"] if self.admin_api and "--web.enable-admin-api" not in self.extra_args else []
+        return own + admin + self.extra_args
+
+    def start(self) -> None:
+        self.process = start_daemon([PUSHGATEWAY_BIN, *self.args], self.log, lambda: self.get("/-/ready", 0.5).strip())
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+    def get(self, path: str, timeout: float = 2.0) -> bytes:
+        return self.endpoint.get(path, timeout)
+
+    def groups(self) -> List[Dict]:
+        return json.loads(self.get("/api/v1/metrics"))["data"]
+
+    def group(self, job: str, device_serial: str) -> Optional[Dict]:
+        for group in self.groups():
+            if group["labels"].get("job") == job and group["labels"].get("device_serial") == device_serial:
+                return group
+        return None
+
+    def push_time(self, job: str, device_serial: str) -> Optional[float]:
+        group = self.group(job, device_serial)
+        return None if group is None else float(group["push_time_seconds"]["metrics"][0]["value"])
 
 
 class Alertmanager:

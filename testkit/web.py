@@ -34,6 +34,15 @@ class Endpoint:
         with self.open(path, timeout) as response:
             return response.read()
 
+    def counter(self, metric: str, *label_parts: str, timeout: float = 5.0) -> float:
+        """The sum of metric's samples in the server's own /metrics whose label text holds every one of
+        label_parts (`handler="/api/v1/write"`, or a prefix such as `code="2`)."""
+        total = 0.0
+        for line in self.get("/metrics", timeout).decode().splitlines():
+            if line.split("{", 1)[0].split(" ", 1)[0] == metric and all(part in line for part in label_parts):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
 
 def http_get(
     url: str, timeout: float = 2.0, auth: Optional[Tuple[str, str]] = None, ca_file: Optional[str] = None

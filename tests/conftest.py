@@ -1,26 +1,22 @@
-"""Shared fixtures: a real Pushgateway (Debian's prometheus-pushgateway) on a free loopback port,
-and helpers to run the agent as a subprocess."""
+"""Shared fixtures: a real Pushgateway (testkit's, with the admin API on) on a free loopback port, and
+helpers to run the agent as a subprocess."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Type
 
 import pytest
 
-from testkit import ROOT
+from testkit import ROOT, server
 from testkit.process import free_port, processes_marked, stop_process, wait_until
-from testkit.web import http_get
 
 AGENT = ROOT / "files" / "push_monitor.py"
-PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 
 sys.path.insert(0, str(AGENT.parent))
 # Imported from here by the test modules (one import line for the fixtures and these helpers).
@@ -40,64 +36,10 @@ class LoopbackHTTPServer:
         self.server.server_close()
 
 
-class Pushgateway:
-    """A real Pushgateway process; restartable on the same port for outage tests."""
+class Pushgateway(server.Pushgateway):
+    """testkit's Pushgateway with the admin API on, as the roles run it."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        extra_args: Optional[List[str]] = None,
-        auth: Optional[Tuple[str, str]] = None,
-        ca_file: Optional[str] = None,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
-        self.auth = auth
-        self.ca_file = ca_file
-        self.workdir = workdir
-        self.extra_args = extra_args or []
-        self.process: Optional[subprocess.Popen] = None
-        self.log = workdir / "pushgateway.log"
-
-    def start(self) -> None:
-        # Debian's build defaults --persistence.file to a shared path: every test gateway gets its own.
-        args = [
-            PUSHGATEWAY_BIN,
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            f"--persistence.file={self.workdir / 'pushgateway.db'}",
-            "--web.enable-admin-api",
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"))
-        wait_until(self.ready, 15, message=f"pushgateway on {self.url}")
-
-    def ready(self) -> bool:
-        try:
-            return self.get("/-/ready", 0.5).strip() != b""
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.process = None
-
-    def get(self, path: str, timeout: float = 2.0) -> bytes:
-        return http_get(self.url + path, timeout, auth=self.auth, ca_file=self.ca_file)
-
-    def groups(self) -> List[Dict]:
-        return json.loads(self.get("/api/v1/metrics"))["data"]
-
-    def group(self, job: str, device_serial: str) -> Optional[Dict]:
-        for group in self.groups():
-            if group["labels"].get("job") == job and group["labels"].get("device_serial") == device_serial:
-                return group
-        return None
-
-    def push_time(self, job: str, device_serial: str) -> Optional[float]:
-        group = self.group(job, device_serial)
-        if group is None:
-            return None
-        return float(group["push_time_seconds"]["metrics"][0]["value"])
+    admin_api = True
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import yaml
 from conftest import Pushgateway, agent_command, agent_env
 from testkit.dashboard_queries import rate_interval
 from testkit.process import stop_process
-from testkit.server import DASHBOARDS_DIR, Prometheus, read_flags, render_server_config
+from testkit.server import DASHBOARDS_DIR, Prometheus, read_flags, render_server_config, role_pushgateway_flags
 
 RULE_TESTS = Path(__file__).resolve().parent / "fleet-rules.test.yml"
 # Every alert the rules define (roles/prometheus/templates/rules/fleet-alerts.yml.j2).
@@ -34,13 +34,6 @@ FLEET_ALERTS = {
     "DeviceDiskNearlyFull",
     "DeviceTemperatureHigh",
 }
-
-
-def pushgateway_role_args(env_file: Path) -> List[str]:
-    """The roles' Pushgateway flags from a rendered /etc/default file, minus the ones conftest's
-    Pushgateway sets itself (its own port, persistence file and admin API)."""
-    own = ("--web.listen-address", "--web.enable-admin-api", "--persistence.file")
-    return [flag for flag in read_flags(env_file) if not flag.startswith(own)]
 
 
 def host_port(url: str) -> str:
@@ -136,7 +129,7 @@ def fleet_server(
     )
     server = FleetServer(gateway, render)
     try:
-        gateway.extra_args = pushgateway_role_args(render / "flags" / "pushgateway.env")
+        gateway.extra_args = role_pushgateway_flags(render)
         gateway.start()
         for serial, job, interval in devices:
             agent = Agent(workdir, gateway.url, serial, job, interval)

@@ -19,6 +19,7 @@ import pytest
 
 import push_monitor as pm
 from conftest import FakeClock, Pushgateway, agent_command, agent_env, wait_until
+from testkit.process import proc_status
 
 pytestmark = pytest.mark.integration
 
@@ -279,11 +280,7 @@ def test_an_outage_costs_one_attempt_per_slot_reconnects_included(scripted, beha
 
 
 def caught_signals(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("SigCgt:"):
-                return int(line.split()[1], 16)
-    return 0
+    return int(proc_status(pid, "SigCgt"), 16)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from conftest import NOT_ON_DEVICES, ROOT, agent_command, agent_env, run_agent
 from testkit.process import free_port, stop_process, wait_until
 from testkit.remote_write import Receiver, VictoriaMetrics, decode
 from testkit.server import Prometheus, read_flags, render_server_config
-from testkit.web import http_get
+from testkit.web import Endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -135,13 +135,8 @@ def gaps(timestamps: List[float]) -> List[Tuple[float, float]]:
 
 def write_requests(prometheus: Prometheus) -> float:
     """Remote-write requests Prometheus answered with a 2xx, from its own /metrics (not a scrape of them)."""
-    lines = http_get(prometheus.url + "/metrics", 10).decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("prometheus_http_requests_total{")
-        and 'handler="/api/v1/write"' in line
-        and 'code="2' in line
+    return Endpoint(prometheus.url).counter(
+        "prometheus_http_requests_total", 'handler="/api/v1/write"', 'code="2', timeout=10
     )
 
 
