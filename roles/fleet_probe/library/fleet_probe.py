@@ -13,6 +13,7 @@ import hashlib
 import os
 import pwd
 import stat
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -30,7 +31,7 @@ options:
     elements: path
     default: []
   packages:
-    description: Debian packages to look up with dpkg-query.
+    description: Debian packages to look up with dpkg-query (none count as installed without it).
     type: list
     elements: str
     default: []
@@ -93,6 +94,11 @@ command:
 clock:
   description: The host's Unix time when the probe ran, before any change this run makes.
   type: float
+platform:
+  description: >-
+    {os_family (Debian, RedHat, else the os-release ID), service_mgr (systemd or other),
+    python {major, minor} (the interpreter running the probe), architecture (uname -m)}.
+  type: dict
 """
 
 
@@ -122,9 +128,9 @@ def describe(path: str) -> Dict[str, str]:
 
 
 def installed_packages(module: AnsibleModule, packages: List[str]) -> List[str]:
-    if not packages:
+    dpkg_query = module.get_bin_path("dpkg-query") if packages else None
+    if not dpkg_query:  # not a Debian-family host: no package counts as installed by dpkg
         return []
-    dpkg_query = module.get_bin_path("dpkg-query", required=True)
     # Exit status 1 only says that some package is unknown to dpkg: that one is not installed.
     _, out, _ = module.run_command([dpkg_query, "--show", "--showformat=${Package} ${db:Status-Status}\n", *packages])
     installed = {line.split(" ", 1)[0] for line in out.splitlines() if line.endswith(" installed")}
@@ -151,6 +157,32 @@ def unit_states(module: AnsibleModule, units: List[str]) -> Dict[str, Dict[str, 
             "enabled": block.get("UnitFileState", ""),
         }
         for unit, block in zip(units, blocks)
+    }
+
+
+def os_family() -> str:
+    """Debian or RedHat for their derivatives (as Ansible's os_family), else the os-release ID."""
+    try:
+        with open("/etc/os-release", encoding="utf-8") as handle:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
+    except OSError:
+        return "unknown"
+    names = " ".join(fields.get(key, "").strip("\"'") for key in ("ID", "ID_LIKE")).lower().split()
+    if {"debian", "ubuntu"} & set(names):
+        return "Debian"
+    if {"rhel", "fedora", "centos"} & set(names):
+        return "RedHat"
+    return names[0] if names else "unknown"
+
+
+def platform_facts() -> Dict[str, Any]:
+    """What the roles would otherwise gather with the setup module, a round trip of its own."""
+    return {
+        "os_family": os_family(),
+        # systemd's own test for "booted with systemd" (sd_booted).
+        "service_mgr": "systemd" if os.path.isdir("/run/systemd/system") else "other",
+        "python": {"major": sys.version_info[0], "minor": sys.version_info[1]},
+        "architecture": os.uname().machine,
     }
 
 
@@ -227,6 +259,7 @@ def main() -> None:
     module.exit_json(
         changed=False,
         clock=clock,
+        platform=platform_facts(),
         users=user_entries(params["users"]),
         groups=group_entries(params["groups"]),
         **({"command": result} if result is not None else {}),
