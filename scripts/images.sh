@@ -16,8 +16,8 @@ usage() {
 }
 
 # Prints the recipe of image NAME as "suite packages [lists]"; the image label is the hash of this
-# line. "lists": the image keeps the package lists of its build, as an installed Debian does, and the
-# role installs from them without a refresh; device-debian13 has none, so the devices scenario also
+# line. "lists": the image keeps the package lists of its build and apt's cache of them (not the
+# downloaded packages), as an installed Debian does, and the role installs from them without a refresh; device-debian13 has none, so the devices scenario also
 # covers the refresh.
 recipe() {
   case $1 in
@@ -30,7 +30,7 @@ recipe() {
 }
 
 # Bump when the build steps below change in a way the recipe line does not show.
-BUILD_VERSION=2
+BUILD_VERSION=3
 
 build() {
   local name=$1 tag="localhost/fleet-$1:latest" suite packages lists hash current workdir
@@ -49,7 +49,12 @@ build() {
   # container its own, as a freshly provisioned device would have. For the same reason the SSH
   # host keys are not baked in: ssh.service generates them at first boot, so every container has
   # keys of its own (ssh-keygen -A leaves existing keys alone, so they survive restarts).
-  mmdebstrap --variant=minbase --include="$packages" ${lists:+--skip=cleanup/apt/lists} \
+  local keep_lists=()
+  if [[ -n $lists ]]; then
+    # shellcheck disable=SC2016  # $1 is mmdebstrap's: the root directory it builds
+    keep_lists=(--skip=cleanup/apt/lists,cleanup/apt/cache --customize-hook='rm -f "$1"/var/cache/apt/archives/*.deb')
+  fi
+  mmdebstrap --variant=minbase --include="$packages" "${keep_lists[@]}" \
     --aptopt='APT::Install-Recommends "false"' \
     --customize-hook='rm -f "$1/etc/machine-id" && touch "$1/etc/machine-id"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
