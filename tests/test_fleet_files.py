@@ -130,6 +130,13 @@ def test_a_failed_validate_leaves_the_old_file(tmp_path: Path) -> None:
     assert play(tmp_path, {"fleet_files": good})["Write"]["changed"] is True
 
 
+def test_a_missing_parent_directory_is_one_clear_error(tmp_path: Path) -> None:
+    orphan = [{"path": str(tmp_path / "no" / "such" / "dir" / "app.ini"), "content": "x\n", "mode": "0644"}]
+    result = play(tmp_path, {"fleet_files": orphan})
+    assert result["rc"] != 0
+    assert result["Write"]["msg"] == f"{orphan[0]['path']}: No such file or directory"
+
+
 def test_probe_reports_accounts_command_output_and_its_clock(tmp_path: Path) -> None:
     before = time.time()
     result = play(

@@ -176,10 +176,13 @@ def main() -> None:
             module.fail_json(msg=f"{entry['path']}: mode must be octal like '0644', got {entry['mode']!r}")
         if entry.get("validate") and "%s" not in entry["validate"]:
             module.fail_json(msg=f"{entry['path']}: validate must contain %s (the new file's path)")
-        if entry["state"] == "directory":
-            changed = ensure_directory(module, entry, mode)
-        else:
-            changed = write_file(module, entry, mode, diffs)
+        try:
+            if entry["state"] == "directory":
+                changed = ensure_directory(module, entry, mode)
+            else:
+                changed = write_file(module, entry, mode, diffs)
+        except OSError as err:
+            module.fail_json(msg=f"{entry['path']}: {err.strerror or err}", changed_paths=changed_paths)
         if changed:
             changed_paths.append(entry["path"])
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
