@@ -1,5 +1,6 @@
 """What the benchmarks (bench/) share: their servers' binaries checked before anything starts, the
-machine a figure was measured on, and one way to end: the lines as they come, or one error line."""
+machine a figure was measured on, the PASS/MISS wording, and one way to end: the lines as they come, or one
+error line."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def require_binaries(*binaries: str) -> None:
     missing = [binary for binary in binaries if not os.access(binary, os.X_OK)]
     if missing:
         raise BenchError(f"{', '.join(missing)} not found: run `make host` (scripts/setup-host.sh) first")
+
+
+def verdict(met: bool) -> str:
+    """A target's verdict as every benchmark prints it."""
+    return "PASS" if met else "MISS"
 
 
 def machine(python_version: str = platform.python_version()) -> str:
