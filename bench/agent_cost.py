@@ -1,12 +1,8 @@
 #!/usr/bin/env python3
 """What the push agent costs a device (files/push_monitor.py plain, over TLS + basic auth and in remote-write
-mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method
-and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets, PASS or
-MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options.
-
-    .venv/bin/python bench/agent_cost.py            # 30 cycles at 1 s, >= 300 processes
-    .venv/bin/python bench/agent_cost.py --quick    # smoke run: 4 cycles, >= 150 processes
-"""
+mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method,
+the commands and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets,
+PASS or MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options."""
 
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 try:
-    from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: I001 (2 lines, not 9)
+    from testkit.bench import BenchError, machine, require_binaries, run_benchmark, verdict  # noqa: I001 (2 lines, not 9)
     from testkit.pki import web_config
     from testkit.process import free_port, host_cpu_seconds, proc_status, process_cpu_seconds, start_daemon
     from testkit.process import stop_process, wait_until
@@ -278,14 +274,13 @@ def run_window(
 
 
 def ratio_line(name: str, value: float, target: float) -> str:
-    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {'PASS' if value <= target else 'MISS'}"
+    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {verdict(value <= target)}"
 
 
 def rss_line(subject: Subject, name: str) -> str:
-    ok = subject.peak_rss <= TARGET_PEAK_RSS_BYTES
     return (
         f"  {name + ' peak RSS':<46} = {subject.peak_rss / 1e6:5.1f} MB ({subject.peak_rss / 1048576:.1f} MiB)   "
-        f"target <= {TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {'PASS' if ok else 'MISS'}"
+        f"target <= {TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(subject.peak_rss <= TARGET_PEAK_RSS_BYTES)}"
     )
 
 

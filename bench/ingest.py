@@ -1,14 +1,8 @@
 #!/usr/bin/env python3
 """How many devices one server ingests at a 1 s interval: the stock Pushgateway (`stock`), the one the
 roles configure (`role`) and the agent's remote write into the roles' Prometheus (`remote_write`), one
-after the other in one run; the method, the columns and the results are in docs/benchmarks.md. Exit 0
-with the results, 1 if the benchmark cannot run, 2 on bad input.
-
-    .venv/bin/python bench/ingest.py                          # every subject, the default ramp
-    .venv/bin/python bench/ingest.py --quick                  # smoke run: N = 5, 10
-    .venv/bin/python bench/ingest.py --subjects role,remote_write --ramp 500,1000,2000,3000
-    .venv/bin/python bench/ingest.py --subjects remote_write --send-interval 1   # a request per cycle
-"""
+after the other in one run; the method, the commands, the columns and the results are in
+docs/benchmarks.md. Exit 0 with the results, 1 if the benchmark cannot run, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -37,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a r
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's collection, path and encoding
 
 import push_monitor as pm  # noqa: E402, I001 (testkit.server's names on 2 lines, not 8)
-from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: E402
+from testkit.bench import BenchError, machine, require_binaries, run_benchmark, verdict  # noqa: E402
 from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds  # noqa: E402
 from testkit.server import PROMETHEUS_BIN, PUSHGATEWAY_BIN, Prometheus, Pushgateway, role_prometheus  # noqa: E402
 from testkit.server import role_pushgateway_flags  # noqa: E402
@@ -537,16 +531,13 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
     stock, role = best.get("stock", 0), best.get("role", 0)
     if "stock" in results and "role" in results:  # no passing stock step to divide by: not a pass
         ratio = f"{role / stock:.1f}x (" if stock else "n/a (stock passed no step; "
-        verdict = "PASS" if stock and role / stock >= TARGET_RATIO else "MISS"
-        lines.append(f"ratio role/stock = {ratio}target >= {TARGET_RATIO:g}x: {verdict})")
+        met = bool(stock) and role / stock >= TARGET_RATIO
+        lines.append(f"ratio role/stock = {ratio}target >= {TARGET_RATIO:g}x: {verdict(met)})")
     if "role" in results:
-        lines.append(
-            f"role devices = {role} (target >= {TARGET_DEVICES}: {'PASS' if role >= TARGET_DEVICES else 'MISS'})"
-        )
+        lines.append(f"role devices = {role} (target >= {TARGET_DEVICES}: {verdict(role >= TARGET_DEVICES)})")
     if "remote_write" in results and role:
-        ratio = best["remote_write"] / role
-        verdict = "PASS" if ratio >= TARGET_REMOTE_WRITE_RATIO else "MISS"
-        lines.append(f"ratio remote_write/role = {ratio:.1f}x (target >= {TARGET_REMOTE_WRITE_RATIO:g}x: {verdict})")
+        ratio, target = best["remote_write"] / role, TARGET_REMOTE_WRITE_RATIO
+        lines.append(f"ratio remote_write/role = {ratio:.1f}x (target >= {target:g}x: {verdict(ratio >= target)})")
     return lines
 
 
