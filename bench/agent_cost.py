@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ AGENT = ROOT / "files" / "push_monitor.py"
 NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
+SLEEP_BIN = "/usr/bin/sleep"  # the idle processes, under many names
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
 TLS_USER = "bench-device"
@@ -143,14 +143,11 @@ class Bench:
         self.options, self.workdir = options, workdir
         self.processes: List[Popen] = []
         self.bound = f"{(options.warmup + options.cycles) * options.interval + 180:.0f}"
-        sleep_bin = shutil.which("sleep")
-        if sleep_bin is None:
-            raise BenchError("no `sleep` binary on PATH")
         # comm is the name a process was exec'd under, so symlinks give the idle processes many names.
         (workdir / "bin").mkdir()
         self.idle_commands = [str(workdir / "bin" / f"idle-{index:02d}") for index in range(IDLE_NAMES)]
         for command in self.idle_commands:
-            os.symlink(sleep_bin, command)
+            os.symlink(SLEEP_BIN, command)
         self.spawned = 0
 
     def start(self, args: Sequence[str], log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Popen:
@@ -315,7 +312,7 @@ def report(subjects: List[Subject], counts: List[int], busy_share: float, option
 
 
 def measure(options: argparse.Namespace) -> Iterator[str]:
-    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN)
+    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN, SLEEP_BIN)
     yield f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}"
     yield f"machine: {machine(agents_python_version(options.python))} (the agents' interpreter: {options.python})"
     with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testkit.bench import BenchError, machine, run_benchmark, verdict  # noqa: E402
+from testkit.bench import BenchError, comma_list, machine, run_benchmark, verdict  # noqa: E402
 from testkit.process import host_cpu_seconds, wait_until  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -166,8 +166,8 @@ def targets(rows: Sequence[Tuple[int, str, Run, Run]]) -> Iterator[str]:
         yield f"host too busy: other processes took >= {BUSY_LIMIT:.0%} of the CPU during runs marked BUSY"
 
 
-def measure(sizes: Sequence[int], connections: Sequence[str], timeout: float, logs: Optional[Path]) -> Iterator[str]:
-    logs = logs or Path(tempfile.mkdtemp(prefix="rollout-logs-"))
+def measure(args: argparse.Namespace) -> Iterator[str]:
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="rollout-logs-"))
     logs.mkdir(parents=True, exist_ok=True)
     version = run_command([str(VENV_BIN / "ansible-playbook"), "--version"]).split("\n", 1)[0]
     # Built when missing or of another recipe (a few minutes each), else reused.
@@ -179,15 +179,15 @@ def measure(sizes: Sequence[int], connections: Sequence[str], timeout: float, lo
     rows: List[Tuple[int, str, Run, Run]] = []
     workdir = Path(tempfile.mkdtemp(prefix="rollout-"))
     try:
-        for size in sizes:
-            for connection in connections:
+        for size in dict.fromkeys(args.devices):
+            for connection in dict.fromkeys(args.connections):
                 directory, log = workdir / f"{size}-{connection}", logs / f"{size:02d}-{connection}"
                 server, devices = start_fleet(size, directory / "ssh", images)
                 inventory = write_inventory(directory / "inventory", server, devices, connection, directory / "ssh")
                 env = ansible_env(connection, directory)
                 print(f"rollout: {size} devices over {connection}: first run", file=sys.stderr)
-                first = timed_playbook(inventory, env, log.with_suffix(".first.log"), timeout)
-                rerun = timed_playbook(inventory, env, log.with_suffix(".rerun.log"), timeout)
+                first = timed_playbook(inventory, env, log.with_suffix(".first.log"), args.run_timeout)
+                rerun = timed_playbook(inventory, env, log.with_suffix(".rerun.log"), args.run_timeout)
                 yield from (table_line(size, connection, "first", first), table_line(size, connection, "rerun", rerun))
                 changed = {host: counts["changed"] for host, counts in rerun.recap.items() if counts["changed"]}
                 if changed:
@@ -201,21 +201,16 @@ def measure(sizes: Sequence[int], connections: Sequence[str], timeout: float, lo
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--devices", default="1,5,10,20", help="device counts, each 1-50 (1,5,10,20)")
-    parser.add_argument("--connections", default=",".join(CONNECTIONS), help="podman,ssh,mitogen")
+    devices = comma_list(int, lambda sizes: 1 <= min(sizes) <= max(sizes) <= 50, "expected device counts from 1 to 50")
+    connections = comma_list(str, set(CONNECTIONS).issuperset, f"expected some of {','.join(CONNECTIONS)}")
+    parser.add_argument("--devices", type=devices, default=[1, 5, 10, 20], help="device counts (1,5,10,20)")
+    parser.add_argument("--connections", type=connections, default=list(CONNECTIONS), help="podman,ssh,mitogen")
     parser.add_argument("--run-timeout", type=float, default=1200.0, help="bound of one playbook run, s (1200)")
     parser.add_argument("--logs", type=Path, help="directory for the playbook outputs (default: a new /tmp dir)")
     args = parser.parse_args(argv)
-    sizes = [int(part) if part.isdigit() else 0 for part in args.devices.split(",")]
-    if not all(1 <= size <= 50 for size in sizes):
-        parser.error(f"--devices {args.devices!r}: expected comma-separated device counts from 1 to 50")
-    connections = args.connections.split(",")
-    if set(connections) - set(CONNECTIONS):
-        parser.error(f"--connections {args.connections!r}: expected some of {','.join(CONNECTIONS)}")
     if not args.run_timeout > 0:
         parser.error("--run-timeout must be > 0")
-    chosen = (list(dict.fromkeys(sizes)), list(dict.fromkeys(connections)), args.run_timeout, args.logs)
-    return run_benchmark("rollout", lambda: measure(*chosen), errors=(subprocess.TimeoutExpired,))
+    return run_benchmark("rollout", lambda: measure(args), errors=(subprocess.TimeoutExpired,))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from conftest import ROOT
 @pytest.mark.parametrize(
     ("script", "options", "message"),
     [
-        ("rollout.py", ["--devices", "0"], "expected comma-separated device counts from 1 to 50"),
-        ("rollout.py", ["--devices", "1,x"], "expected comma-separated device counts from 1 to 50"),
+        ("rollout.py", ["--devices", "0"], "expected device counts from 1 to 50"),
+        ("rollout.py", ["--devices", "1,x"], "expected device counts from 1 to 50"),
         ("rollout.py", ["--connections", "podman,telnet"], "expected some of podman,ssh,mitogen"),
         ("rollout.py", ["--run-timeout", "0"], "--run-timeout must be > 0"),
         ("agent_cost.py", ["--cycles", "0"], "--cycles must be >= 1"),
