@@ -35,7 +35,7 @@ RECAP = re.compile(r"^(\S+)\s*:\s*(ok=\d+ .*)$", re.MULTILINE)  # PLAY RECAP: ho
 
 
 def run_command(argv: Sequence[str], timeout: float = 120) -> str:
-    """argv's output; a failure is a BenchError with the end of its stderr (a timeout, run_benchmark's line)."""
+    """argv's stdout; a non-zero exit is a BenchError ending with its stderr (a timeout stays TimeoutExpired)."""
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise BenchError(f"{' '.join(argv[:4])} failed: {' '.join(result.stderr.split())[-400:]}")
