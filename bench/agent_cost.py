@@ -1,12 +1,8 @@
 #!/usr/bin/env python3
 """What the push agent costs a device (files/push_monitor.py plain, over TLS + basic auth and in remote-write
-mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method
-and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets, PASS or
-MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options.
-
-    .venv/bin/python bench/agent_cost.py            # 30 cycles at 1 s, >= 300 processes
-    .venv/bin/python bench/agent_cost.py --quick    # smoke run: 4 cycles, >= 150 processes
-"""
+mode) side by side with a naive agent (bench/naive_agent.py) and node_exporter, in one window; the method,
+the commands and the results are in docs/benchmarks.md. Prints a table and the ratios against the targets,
+PASS or MISS; exits 0 either way, 1 when the benchmark cannot run, 2 on bad options."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import argparse
 import math
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 try:
-    from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: I001 (2 lines, not 9)
+    from testkit.bench import BenchError, machine, require_binaries, run_benchmark, verdict  # noqa: I001 (2 lines, not 9)
     from testkit.pki import web_config
     from testkit.process import free_port, host_cpu_seconds, proc_status, process_cpu_seconds, start_daemon
     from testkit.process import stop_process, wait_until
@@ -41,6 +36,7 @@ AGENT = ROOT / "files" / "push_monitor.py"
 NAIVE_AGENT = ROOT / "bench" / "naive_agent.py"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 NODE_EXPORTER_BIN = "/usr/bin/prometheus-node-exporter"
+SLEEP_BIN = "/usr/bin/sleep"  # the idle processes, under many names
 JOB = "bench"
 IDLE_NAMES = 25  # distinct app names among the idle processes, as on a real host
 TLS_USER = "bench-device"
@@ -147,14 +143,11 @@ class Bench:
         self.options, self.workdir = options, workdir
         self.processes: List[Popen] = []
         self.bound = f"{(options.warmup + options.cycles) * options.interval + 180:.0f}"
-        sleep_bin = shutil.which("sleep")
-        if sleep_bin is None:
-            raise BenchError("no `sleep` binary on PATH")
         # comm is the name a process was exec'd under, so symlinks give the idle processes many names.
         (workdir / "bin").mkdir()
         self.idle_commands = [str(workdir / "bin" / f"idle-{index:02d}") for index in range(IDLE_NAMES)]
         for command in self.idle_commands:
-            os.symlink(sleep_bin, command)
+            os.symlink(SLEEP_BIN, command)
         self.spawned = 0
 
     def start(self, args: Sequence[str], log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Popen:
@@ -278,14 +271,13 @@ def run_window(
 
 
 def ratio_line(name: str, value: float, target: float) -> str:
-    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {'PASS' if value <= target else 'MISS'}"
+    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {verdict(value <= target)}"
 
 
 def rss_line(subject: Subject, name: str) -> str:
-    ok = subject.peak_rss <= TARGET_PEAK_RSS_BYTES
     return (
         f"  {name + ' peak RSS':<46} = {subject.peak_rss / 1e6:5.1f} MB ({subject.peak_rss / 1048576:.1f} MiB)   "
-        f"target <= {TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {'PASS' if ok else 'MISS'}"
+        f"target <= {TARGET_PEAK_RSS_BYTES / 1e6:g} MB   {verdict(subject.peak_rss <= TARGET_PEAK_RSS_BYTES)}"
     )
 
 
@@ -320,7 +312,7 @@ def report(subjects: List[Subject], counts: List[int], busy_share: float, option
 
 
 def measure(options: argparse.Namespace) -> Iterator[str]:
-    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN)
+    require_binaries(PUSHGATEWAY_BIN, PROMETHEUS_BIN, NODE_EXPORTER_BIN, SLEEP_BIN)
     yield f"agent_cost: {' '.join(sys.argv[1:]) or '(defaults)'}"
     yield f"machine: {machine(agents_python_version(options.python))} (the agents' interpreter: {options.python})"
     with tempfile.TemporaryDirectory(prefix="agent-cost-") as tmp:

@@ -1,14 +1,8 @@
 #!/usr/bin/env python3
 """How many devices one server ingests at a 1 s interval: the stock Pushgateway (`stock`), the one the
 roles configure (`role`) and the agent's remote write into the roles' Prometheus (`remote_write`), one
-after the other in one run; the method, the columns and the results are in docs/benchmarks.md. Exit 0
-with the results, 1 if the benchmark cannot run, 2 on bad input.
-
-    .venv/bin/python bench/ingest.py                          # every subject, the default ramp
-    .venv/bin/python bench/ingest.py --quick                  # smoke run: N = 5, 10
-    .venv/bin/python bench/ingest.py --subjects role,remote_write --ramp 500,1000,2000,3000
-    .venv/bin/python bench/ingest.py --subjects remote_write --send-interval 1   # a request per cycle
-"""
+after the other in one run; the method, the commands, the columns and the results are in
+docs/benchmarks.md. Exit 0 with the results, 1 if the benchmark cannot run, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -37,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # testkit: the roles' server config rendered, a r
 sys.path.insert(0, str(ROOT / "files"))  # push_monitor: the agent's collection, path and encoding
 
 import push_monitor as pm  # noqa: E402, I001 (testkit.server's names on 2 lines, not 8)
-from testkit.bench import BenchError, machine, require_binaries, run_benchmark  # noqa: E402
+from testkit.bench import BenchError, comma_list, machine, require_binaries, run_benchmark, verdict  # noqa: E402
 from testkit.process import free_port, host_cpu_seconds, process_cpu_seconds  # noqa: E402
 from testkit.server import PROMETHEUS_BIN, PUSHGATEWAY_BIN, Prometheus, Pushgateway, role_prometheus  # noqa: E402
 from testkit.server import role_pushgateway_flags  # noqa: E402
@@ -264,23 +258,6 @@ class Generator:
                 process.join(5)
 
 
-def parse_ramp(raw: str) -> List[int]:
-    try:
-        steps = [int(part) for part in raw.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ramp {raw!r}: expected comma-separated device counts") from None
-    if not steps or any(n < 1 for n in steps) or steps != sorted(set(steps)):
-        raise argparse.ArgumentTypeError(f"--ramp {raw!r}: expected increasing positive device counts")
-    return steps
-
-
-def parse_subjects(raw: str) -> List[str]:
-    chosen = [part.strip() for part in raw.split(",") if part.strip()]
-    if not chosen or any(name not in SUBJECTS for name in chosen):
-        raise argparse.ArgumentTypeError(f"--subjects {raw!r}: choose from {', '.join(SUBJECTS)}")
-    return [name for name in SUBJECTS if name in chosen]
-
-
 def whole_seconds(raw: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 60:
         raise argparse.ArgumentTypeError(f"{raw!r}: expected whole seconds from 1 to 60")
@@ -289,17 +266,20 @@ def whole_seconds(raw: str) -> int:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/ingest.py", description=__doc__.split("\n\n")[0])
+    ramp = comma_list(int, lambda n: n == sorted(set(n)) and n[0] >= 1, "expected increasing positive device counts")
+    subjects = comma_list(str, set(SUBJECTS).issuperset, f"choose from {', '.join(SUBJECTS)}")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: ramp {QUICK_RAMP}, 3 s steps")
-    parser.add_argument("--subjects", type=parse_subjects, default=list(SUBJECTS),
+    parser.add_argument("--subjects", type=subjects, default=list(SUBJECTS),
                         help=f"comma-separated [default {','.join(SUBJECTS)}]")  # fmt: skip
-    parser.add_argument("--ramp", type=parse_ramp, help=f"device counts, increasing [default {DEFAULT_RAMP}]")
+    parser.add_argument("--ramp", type=ramp, help=f"device counts, increasing [default {DEFAULT_RAMP}]")
     parser.add_argument("--duration", type=whole_seconds, help="seconds of load per step, rounded up to whole "
                         "send intervals for remote write [default 15]")  # fmt: skip
     parser.add_argument("--send-interval", type=whole_seconds, default=int(pm.DEFAULT_SEND_INTERVAL),
                         help="remote write: seconds between a device's requests, each with that many 1 s "
                         f"cycles [default {pm.DEFAULT_SEND_INTERVAL:g}, the agent's at a 1 s interval]")  # fmt: skip
     args = parser.parse_args(argv)
-    args.ramp = args.ramp or parse_ramp(QUICK_RAMP if args.quick else DEFAULT_RAMP)
+    args.ramp = args.ramp or ramp(QUICK_RAMP if args.quick else DEFAULT_RAMP)
+    args.subjects = [name for name in SUBJECTS if name in args.subjects]
     args.duration = args.duration or (3 if args.quick else 15)
     return args
 
@@ -537,16 +517,13 @@ def summary_lines(results: Dict[str, List[Step]]) -> List[str]:
     stock, role = best.get("stock", 0), best.get("role", 0)
     if "stock" in results and "role" in results:  # no passing stock step to divide by: not a pass
         ratio = f"{role / stock:.1f}x (" if stock else "n/a (stock passed no step; "
-        verdict = "PASS" if stock and role / stock >= TARGET_RATIO else "MISS"
-        lines.append(f"ratio role/stock = {ratio}target >= {TARGET_RATIO:g}x: {verdict})")
+        met = bool(stock) and role / stock >= TARGET_RATIO
+        lines.append(f"ratio role/stock = {ratio}target >= {TARGET_RATIO:g}x: {verdict(met)})")
     if "role" in results:
-        lines.append(
-            f"role devices = {role} (target >= {TARGET_DEVICES}: {'PASS' if role >= TARGET_DEVICES else 'MISS'})"
-        )
+        lines.append(f"role devices = {role} (target >= {TARGET_DEVICES}: {verdict(role >= TARGET_DEVICES)})")
     if "remote_write" in results and role:
-        ratio = best["remote_write"] / role
-        verdict = "PASS" if ratio >= TARGET_REMOTE_WRITE_RATIO else "MISS"
-        lines.append(f"ratio remote_write/role = {ratio:.1f}x (target >= {TARGET_REMOTE_WRITE_RATIO:g}x: {verdict})")
+        ratio, target = best["remote_write"] / role, TARGET_REMOTE_WRITE_RATIO
+        lines.append(f"ratio remote_write/role = {ratio:.1f}x (target >= {target:g}x: {verdict(ratio >= target)})")
     return lines
 
 
@@ -597,10 +574,9 @@ def measure(args: argparse.Namespace) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             yield from ("", HEADER)
             for subject in args.subjects:
-                (Path(tmp) / subject).mkdir()
-                results[subject] = []
-                workdir = Path(tmp) / subject
-                yield from ramp_subject(subject, args, generator, workdir, deadline=deadline, steps=results[subject])
+                (workdir := Path(tmp) / subject).mkdir()
+                steps = results.setdefault(subject, [])
+                yield from ramp_subject(subject, args, generator, workdir, deadline=deadline, steps=steps)
     finally:
         generator.stop()
     yield from summary_lines(results)

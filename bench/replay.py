@@ -1,12 +1,9 @@
 #!/usr/bin/env python3
 """How fast the agent replays a backlog after an outage, while its live cycles keep going: a real backlog
 of this host's metrics in the agent's disk buffer, then files/push_monitor.py --remote-write against the
-prometheus role's Prometheus until the buffer is empty; the method and the results are in
+prometheus role's Prometheus until the buffer is empty; the method, the command and the results are in
 docs/benchmarks.md. Exit 0 with the speed and the failed live cycles against their targets, PASS or MISS;
-1 if the benchmark cannot run, 2 on bad options.
-
-    .venv/bin/python bench/replay.py [--hours 1]
-"""
+1 if the benchmark cannot run, 2 on bad options."""
 
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "files"))
 
 import push_monitor as pm  # noqa: E402
-from testkit.bench import machine, run_benchmark  # noqa: E402
+from testkit.bench import machine, run_benchmark, verdict  # noqa: E402
 from testkit.process import stop_process, wait_until  # noqa: E402
 from testkit.server import role_prometheus  # noqa: E402
 
@@ -83,9 +80,9 @@ def measure(hours: float) -> Iterator[str]:
     yield f"backlog: {seconds} cycles ({hours:g} h at 1 s), {buffer.samples} samples, {buffer.disk_bytes} bytes on disk"
     yield (
         f"replayed in {replayed:.1f} s (from the agent's start, its 0-10 s start spread included): "
-        f"{speed:.0f}x real time (target >= {TARGET_SPEED:g}x: {'PASS' if speed >= TARGET_SPEED else 'MISS'})"
+        f"{speed:.0f}x real time (target >= {TARGET_SPEED:g}x: {verdict(speed >= TARGET_SPEED)})"
     )
-    yield f"live cycles failed meanwhile: {len(failures)} (target 0: {'PASS' if not failures else 'MISS'})"
+    yield f"live cycles failed meanwhile: {len(failures)} (target 0: {verdict(not failures)})"
     held = int(float(stored[0]["value"][1])) if stored else 0
     yield f"Prometheus holds {held} of the {seconds} backlog cycles (its collection-time series)"
 

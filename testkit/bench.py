@@ -1,8 +1,10 @@
 """What the benchmarks (bench/) share: their servers' binaries checked before anything starts, the
-machine a figure was measured on, and one way to end: the lines as they come, or one error line."""
+machine a figure was measured on, the PASS/MISS wording, comma-separated options, and one way to end: the
+lines as they come, or one error line."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -10,7 +12,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Tuple, Type
+from typing import Any, Callable, Iterator, List, Tuple, Type
 
 
 class BenchError(Exception):
@@ -21,6 +23,27 @@ def require_binaries(*binaries: str) -> None:
     missing = [binary for binary in binaries if not os.access(binary, os.X_OK)]
     if missing:
         raise BenchError(f"{', '.join(missing)} not found: run `make host` (scripts/setup-host.sh) first")
+
+
+def verdict(met: bool) -> str:
+    """A target's verdict as every benchmark prints it."""
+    return "PASS" if met else "MISS"
+
+
+def comma_list(convert: Callable[[str], Any], valid: Callable[[List[Any]], bool], rule: str) -> Callable[[str], list]:
+    """An argparse type: comma-separated values through convert that valid() accepts; anything else is one
+    line naming the rule (exit 2)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [convert(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            values = []
+        if not values or not valid(values):
+            raise argparse.ArgumentTypeError(f"{text!r}: {rule}")
+        return values
+
+    return parse
 
 
 def machine(python_version: str = platform.python_version()) -> str:

@@ -13,9 +13,9 @@ from conftest import ROOT
 @pytest.mark.parametrize(
     ("script", "options", "message"),
     [
-        ("rollout.py", ["--devices", "0"], "device counts must be between 1 and 50"),
-        ("rollout.py", ["--devices", "1,x"], "not a comma-separated list of integers"),
-        ("rollout.py", ["--connections", "podman,telnet"], "connections are among podman,ssh,mitogen"),
+        ("rollout.py", ["--devices", "0"], "expected device counts from 1 to 50"),
+        ("rollout.py", ["--devices", "1,x"], "expected device counts from 1 to 50"),
+        ("rollout.py", ["--connections", "podman,telnet"], "expected some of podman,ssh,mitogen"),
         ("rollout.py", ["--run-timeout", "0"], "--run-timeout must be > 0"),
         ("agent_cost.py", ["--cycles", "0"], "--cycles must be >= 1"),
         ("agent_cost.py", ["--interval", "nan"], "--interval must be between 0.1 and 60 seconds"),
