@@ -75,6 +75,17 @@ def attributes_differ(info: os.stat_result, mode: int, uid: int, gid: int) -> bo
     return stat.S_IMODE(info.st_mode) != mode or info.st_uid != uid or info.st_gid != gid
 
 
+def repair_attributes(module: AnsibleModule, entry: Dict[str, Any], mode: int, info: os.stat_result) -> bool:
+    """Gives an existing path its owner, group and mode; whether they differed (in check mode: would)."""
+    uid, gid = ids(module, entry)
+    if not attributes_differ(info, mode, uid, gid):
+        return False
+    if not module.check_mode:
+        os.chown(entry["path"], uid, gid)
+        os.chmod(entry["path"], mode)
+    return True
+
+
 def current_text(path: str) -> Optional[bytes]:
     try:
         with open(path, "rb") as handle:
@@ -91,15 +102,13 @@ def ensure_directory(module: AnsibleModule, entry: Dict[str, Any], mode: int) ->
         info = None
     if info is not None and not stat.S_ISDIR(info.st_mode):
         module.fail_json(msg=f"{path} exists and is not a directory")
-    if module.check_mode:
-        return info is None or attributes_differ(info, mode, *ids(module, entry))
-    uid, gid = ids(module, entry)
-    if info is None:
+    if info is not None:
+        return repair_attributes(module, entry, mode, info)
+    if not module.check_mode:
+        uid, gid = ids(module, entry)
         os.makedirs(path, mode=0o700)  # the wanted mode follows, once owner and group are right
-    elif not attributes_differ(info, mode, uid, gid):
-        return False
-    os.chown(path, uid, gid)
-    os.chmod(path, mode)
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
     return True
 
 
@@ -107,14 +116,7 @@ def write_file(module: AnsibleModule, entry: Dict[str, Any], mode: int, diffs: L
     path, content = entry["path"], entry["content"].encode("utf-8")
     before = current_text(path)
     if before == content:
-        if module.check_mode:
-            return attributes_differ(os.stat(path), mode, *ids(module, entry))
-        uid, gid = ids(module, entry)
-        if not attributes_differ(os.stat(path), mode, uid, gid):
-            return False
-        os.chown(path, uid, gid)
-        os.chmod(path, mode)
-        return True
+        return repair_attributes(module, entry, mode, os.stat(path))
     if module._diff:
         diffs.append({
             "before_header": path, "after_header": path,
