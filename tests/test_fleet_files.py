@@ -5,7 +5,6 @@ validate leaves the old file."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -15,8 +14,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from testkit import ROOT
-from testkit.playbook import run_playbook
+from testkit.playbook import run_local_play
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes files owned by root")
 
@@ -47,12 +45,7 @@ PLAYBOOK = """
 
 
 def play(tmp_path: Path, extra_vars: Dict[str, Any], *flags: str) -> Dict[str, Any]:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    env = {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
-    args = ["-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}", *flags]
-    extra_vars = {"fleet_users": [], "fleet_groups": [], **extra_vars}
-    done = run_playbook(tmp_path / "play.yml", args, extra_vars=extra_vars, env=env, cwd=tmp_path, timeout=120)
-    tasks = {task["task"]["name"]: task["hosts"]["localhost"] for task in json.loads(done.stdout)["plays"][0]["tasks"]}
+    done, tasks = run_local_play(tmp_path, PLAYBOOK, {"fleet_users": [], "fleet_groups": [], **extra_vars}, *flags)
     return {"rc": done.returncode, **tasks}
 
 

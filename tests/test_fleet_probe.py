@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import grp
 import hashlib
-import json
 import os
 import pwd
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-from testkit import ROOT
-from testkit.playbook import run_playbook
+from testkit.playbook import run_local_play
 
 PLAYBOOK = """
 - hosts: localhost
@@ -38,19 +35,8 @@ PLAYBOOK = """
 
 
 def probe(tmp_path: Path, extra_vars: Dict[str, Any], check: bool = False) -> Dict[str, Any]:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    env = {"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
-    args = ["-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}"]
-    done = run_playbook(
-        tmp_path / "play.yml",
-        args + (["--check"] if check else []),
-        extra_vars=extra_vars,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    done, tasks = run_local_play(tmp_path, PLAYBOOK, extra_vars, *(["--check"] if check else []))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tasks = {task["task"]["name"]: task["hosts"]["localhost"] for task in json.loads(done.stdout)["plays"][0]["tasks"]}
     return {"probe": tasks["Probe"], **tasks["Compare"]["ansible_facts"]}
 
 
