@@ -104,3 +104,47 @@ def test_installed_packages_in_check_mode_too(tmp_path: Path) -> None:
         tmp_path, {"fleet_paths": [], "fleet_packages": packages, "fleet_wanted": {}, "fleet_content": ""}, check=True
     )
     assert result["probe"]["installed_packages"] == ["dpkg"]
+
+
+STAGES_PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: fleet_probe
+  tasks:
+    - name: Judge
+      ansible.builtin.set_fact:
+        fleet_judged: >-
+          {{ ['install', 'configure'] | map('fleet_stage_selected', 'demo', ansible_run_tags, ansible_skip_tags)
+          | list }}
+      tags: [always]
+    - name: install
+      ansible.builtin.set_fact:
+        fleet_ran: install
+      tags: [demo, demo_install, install]
+    - name: configure
+      ansible.builtin.set_fact:
+        fleet_ran: configure
+      tags: [demo, demo_configure, configure]
+"""
+
+
+@pytest.mark.parametrize(
+    "tag_args",
+    [
+        [],
+        ["--tags", "configure"],
+        ["--tags", "demo_install"],
+        ["--tags", "demo"],
+        ["--tags", "tagged"],
+        ["--tags", "untagged"],
+        ["--skip-tags", "install"],
+        ["--skip-tags", "demo"],
+        ["--tags", "install,configure", "--skip-tags", "demo_configure"],
+    ],
+)
+def test_stage_selection_agrees_with_the_stages_ansible_runs(tmp_path: Path, tag_args: list) -> None:
+    done, tasks = run_local_play(tmp_path, STAGES_PLAYBOOK, {}, *tag_args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    judged = tasks["Judge"]["ansible_facts"]["fleet_judged"]
+    assert judged == [stage in tasks for stage in ("install", "configure")], (judged, sorted(tasks))

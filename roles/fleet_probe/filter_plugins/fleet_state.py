@@ -7,6 +7,8 @@ and group (the content's SHA-1, as the controller would write it).
 managed path to the state the role leaves it in ({type, mode, owner, group} and, for a file, sha1;
 {type: absent} for a path the role removes); `installed` is the module's `paths` result, which lists
 only paths that exist. Only the keys a wanted entry names are compared.
+`fleet_stage_selected`: whether this run's --tags / --skip-tags select a role's stage, whose tasks are
+tagged `<stage>`, `<role>_<stage>` and `<role>` (ansible_run_tags and ansible_skip_tags in).
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def fleet_outdated(wanted: Mapping[str, Mapping[str, Any]], installed: Mapping[s
     return outdated
 
 
+def fleet_stage_selected(stage: str, role: str, run_tags: Iterable[str], skip_tags: Iterable[str]) -> bool:
+    tags = {stage, f"{role}_{stage}", role}
+    run, skip = set(run_tags), set(skip_tags)
+    return bool(run & ({"all", "tagged"} | tags)) and not skip & ({"tagged"} | tags)
+
+
 class FilterModule:
     def filters(self):
-        return {"fleet_file_state": fleet_file_state, "fleet_wanted": fleet_wanted, "fleet_outdated": fleet_outdated}
+        return {
+            "fleet_file_state": fleet_file_state,
+            "fleet_wanted": fleet_wanted,
+            "fleet_outdated": fleet_outdated,
+            "fleet_stage_selected": fleet_stage_selected,
+        }
