@@ -7,7 +7,9 @@ scenario=$1
 log=/var/tmp/fleet-molecule-$scenario.log
 exec 9>"/var/tmp/fleet-molecule-$scenario.lock"
 flock 9
-molecule test -s "$scenario" 2>&1 | tee "$log"
+# Molecule wraps long lines at the terminal's width (80 columns without a terminal), which would cut
+# the results apart in the log; Ansible's own output does not read COLUMNS.
+COLUMNS=100000 molecule test -s "$scenario" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then
   echo "== molecule test -s $scenario failed (exit $status)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Prints a short summary of the failed Ansible tasks in a Molecule log: for each failure that was
-not ignored, its play and task, the host line and the result's msg; then Molecule's own error lines.
+"""Prints a short summary of a failed Molecule run from its log: each failed Ansible task that was
+not ignored (play, task, then each host line with the result's msg), then Molecule's verdict lines
+(the failed step and its command, the tasks that broke idempotence).
 
 Usage: molecule_failures.py LOG [--max-lines N]
 Meant for the end of a failed run, where CI shows only the last lines of the output.
@@ -12,69 +13,78 @@ import argparse
 import json
 import re
 import sys
-from typing import Iterator, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-HEADER = re.compile(r"^(PLAY|TASK) \[(.*)\] \*+$")
+# Molecule frames the output of the commands it runs with a "  │ " border.
+BORDER = re.compile(r"^  \u2502 ?")
+HEADER = re.compile(r"^(PLAY|TASK) \[(.*)\]( \*+)?$")
 FAILURE = re.compile(r"^(fatal|failed): \[")
-# Molecule's own verdicts: a failed step, the command that failed, idempotence offenders.
-MOLECULE_ERROR = re.compile(r"(CRITICAL|ERROR)\s|Executed: Failed|Idempotence test failed|return code was")
+VERDICT = re.compile(r"Executed: Failed|Idempotence test failed|^\* \[.*\] => ")
 LINE_CHARS = 300
 
 
 class Failure:
-    def __init__(self, play: str, task: str, line: str) -> None:
-        self.play = play
-        self.task = task
+    """One `fatal:` or `failed:` line and, when Ansible printed the result indented, its lines."""
+
+    def __init__(self, line: str) -> None:
         self.line = line
         self.body: List[str] = []
         self.ignored = False
 
+    def collecting(self) -> bool:
+        return self.line.endswith("{") and self.body[-1:] != ["}"]
+
     def msg(self) -> Optional[str]:
-        """The result's msg, from the one-line or the indented JSON after `=>`."""
         text = self.line.split(" => ", 1)[1] if " => " in self.line else ""
-        text += "\n".join(self.body)
         try:
-            result = json.loads(text)
+            result = json.loads(text + "\n".join(self.body))
         except ValueError:
             return None
         msg = result.get("msg") if isinstance(result, dict) else None
-        return None if msg is None else str(msg)
-
-    def lines(self) -> Iterator[str]:
-        yield f"PLAY [{self.play}] TASK [{self.task}]"
-        yield "  " + trim(self.line.split(" => ", 1)[0])
-        msg = self.msg()
-        if msg is not None:
-            yield "  msg: " + trim(" ".join(msg.split()))
+        return None if msg is None else " ".join(str(msg).split())
 
 
 def trim(text: str) -> str:
     return text if len(text) <= LINE_CHARS else text[: LINE_CHARS - 3] + "..."
 
 
-def parse(lines: List[str]) -> tuple[List[Failure], List[str]]:
-    failures: List[Failure] = []
-    molecule_errors: List[str] = []
+def parse(lines: List[str]) -> Tuple[Dict[Tuple[str, str], List[Failure]], List[str]]:
+    """Failures by (play, task), ignored ones included, and Molecule's verdict lines."""
+    failures: Dict[Tuple[str, str], List[Failure]] = {}
+    verdicts: List[str] = []
     play = task = ""
     current: Optional[Failure] = None
     for raw in lines:
-        line = ANSI.sub("", raw).rstrip()
-        if current is not None and current.line.endswith("{") and not current.body[-1:] == ["}"]:
+        line = BORDER.sub("", ANSI.sub("", raw)).rstrip()
+        if current is not None and current.collecting():
             current.body.append(line)
             continue
         header = HEADER.match(line)
         if header:
             play, task = (header.group(2), "") if header.group(1) == "PLAY" else (play, header.group(2))
-            current = None
         elif FAILURE.match(line):
-            current = Failure(play, task, line)
-            failures.append(current)
-        elif line == "...ignoring" and failures:
-            failures[-1].ignored = True
-        elif MOLECULE_ERROR.search(line) and not line.startswith("[ERROR]: Task failed"):
-            molecule_errors.append(trim(line))
-    return [failure for failure in failures if not failure.ignored], molecule_errors
+            current = Failure(line)
+            failures.setdefault((play, task), []).append(current)
+        elif line == "...ignoring" and current is not None:
+            current.ignored = True
+        elif VERDICT.search(line) and trim(line) not in verdicts:
+            verdicts.append(trim(line))
+    return failures, verdicts
+
+
+def summary(failures: Dict[Tuple[str, str], List[Failure]], verdicts: List[str]) -> List[str]:
+    out: List[str] = []
+    for (play, task), found in failures.items():
+        kept = [failure for failure in found if not failure.ignored]
+        if kept:
+            out.append(f"PLAY [{play}] TASK [{task}]")
+        for failure in kept:
+            out.append("  " + trim(failure.line.split(" => ", 1)[0]))
+            msg = failure.msg()
+            if msg is not None:
+                out.append("    msg: " + trim(msg))
+    return out + verdicts
 
 
 def main() -> int:
@@ -84,15 +94,14 @@ def main() -> int:
     args = parser.parse_args()
     try:
         with open(args.log, encoding="utf-8", errors="replace") as handle:
-            failures, molecule_errors = parse(handle.read().splitlines())
+            lines = summary(*parse(handle.read().splitlines()))
     except OSError as err:
         print(f"molecule_failures: cannot read {args.log}: {err.strerror}", file=sys.stderr)
         return 2
-    summary = [line for failure in failures for line in failure.lines()] + molecule_errors[-8:]
-    if len(summary) > args.max_lines:
-        summary = summary[: args.max_lines - 1] + [f"... {len(summary) - args.max_lines + 1} more lines"]
+    if len(lines) > args.max_lines:
+        lines = lines[: args.max_lines - 1] + [f"... {len(lines) - args.max_lines + 1} more lines in the log"]
     print(f"== failed tasks (full output: {args.log})")
-    print("\n".join(summary) if summary else "no failed task found in the log")
+    print("\n".join(lines) if lines else "no failed task found in the log")
     return 0
 
 
