@@ -34,7 +34,7 @@ pytest: setup
 molecule: setup
 	@set -e; for scenario in $(MOLECULE_SCENARIOS); do \
 	  echo "== molecule test -s $$scenario"; \
-	  flock /var/tmp/fleet-molecule-$$scenario.lock $(BIN)/molecule test -s $$scenario; \
+	  bash scripts/molecule-scenario.sh $$scenario; \
 	done
 
 lint: venv

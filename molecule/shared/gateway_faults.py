@@ -95,7 +95,9 @@ def restart(args: argparse.Namespace) -> dict:
     systemctl("stop", args.service)
     stopped = time.time()
     persistence_mtime = os.stat(args.persistence_file).st_mtime if os.path.exists(args.persistence_file) else None
-    time.sleep(max(0.0, stop_requested + args.down - time.time()))
+    # Down for S seconds from the moment it is stopped: a stop that takes long (the persistence file
+    # is written then) shortens nothing.
+    time.sleep(max(0.0, stopped + args.down - time.time()))
     start_requested = time.time()
     systemctl("start", args.service)
     ready = wait_ready(args.timeout)
