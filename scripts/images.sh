@@ -23,8 +23,9 @@ recipe() {
   case $1 in
     device-debian12) echo "bookworm $BASE_PACKAGES lists" ;;
     device-debian13) echo "trixie $BASE_PACKAGES" ;;
-    # The server components come preinstalled (Debian packages) so the scenarios skip that download.
-    server-debian12) echo "bookworm $BASE_PACKAGES,prometheus,prometheus-pushgateway" ;;
+    # The server components come preinstalled (Debian packages) so the scenarios and the rollout
+    # benchmark skip that download; the roles still install a missing one.
+    server-debian12) echo "bookworm $BASE_PACKAGES,prometheus,prometheus-pushgateway,prometheus-alertmanager" ;;
     *) return 1 ;;
   esac
 }
