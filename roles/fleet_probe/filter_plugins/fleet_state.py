@@ -7,6 +7,12 @@ and group (the content's SHA-1, as the controller would write it).
 managed path to the state the role leaves it in ({type, mode, owner, group} and, for a file, sha1;
 {type: absent} for a path the role removes); `installed` is the module's `paths` result, which lists
 only paths that exist. Only the keys a wanted entry names are compared.
+`fleet_apt_install`: the shell command that installs Debian packages with apt-get from the host's own
+package lists and refreshes them only when that fails (no lists yet, or so old that the archive no
+longer has their version): a refresh downloads and parses tens of MB per host, a fleet-wide cost on
+metered links, for what is usually one small package. apt-get rather than the apt module: that module
+first installs python3-apt (and three more packages) on every host that lacks it, and its check mode
+fails without it. Run it with DEBIAN_FRONTEND=noninteractive.
 `fleet_stage_selected`: whether this run's --tags / --skip-tags select a role's stage, whose tasks are
 tagged `<stage>`, `<role>_<stage>` and `<role>` (ansible_run_tags and ansible_skip_tags in).
 """
@@ -14,6 +20,7 @@ tagged `<stage>`, `<role>_<stage>` and `<role>` (ansible_run_tags and ansible_sk
 from __future__ import annotations
 
 import hashlib
+import shlex
 from typing import Any, Dict, Iterable, List, Mapping
 
 ABSENT = {"type": "absent"}
@@ -44,6 +51,12 @@ def fleet_outdated(wanted: Mapping[str, Mapping[str, Any]], installed: Mapping[s
     return outdated
 
 
+def fleet_apt_install(packages: Iterable[str], recommends: bool = False) -> str:
+    apt = "apt-get --quiet --yes -o DPkg::Lock::Timeout=120" + ("" if recommends else " --no-install-recommends")
+    install = f"{apt} install {' '.join(shlex.quote(str(name)) for name in packages)}"
+    return f"{install} || {{ {apt} update && {install}; }}"
+
+
 def fleet_stage_selected(stage: str, role: str, run_tags: Iterable[str], skip_tags: Iterable[str]) -> bool:
     tags = {stage, f"{role}_{stage}", role}
     run, skip = set(run_tags), set(skip_tags)
@@ -57,4 +70,5 @@ class FilterModule:
             "fleet_wanted": fleet_wanted,
             "fleet_outdated": fleet_outdated,
             "fleet_stage_selected": fleet_stage_selected,
+            "fleet_apt_install": fleet_apt_install,
         }
