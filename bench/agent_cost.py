@@ -270,8 +270,21 @@ def run_window(
     return counts, (busy_after - busy_before) / (total_after - total_before)
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    """nan when the denominator measured no CPU: /proc counts clock ticks (10 ms), and a short window
+    of cheap cycles can stay under one."""
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def ratio_text(value: float) -> str:
+    return "   n/a" if math.isnan(value) else f"{value:6.3f}"
+
+
 def ratio_line(name: str, value: float, target: float) -> str:
-    return f"  {name:<46} = {value:6.3f}   target <= {target:g}   {verdict(value <= target)}"
+    judged = (
+        "NOT MEASURED (under one clock tick of CPU: more --cycles)" if math.isnan(value) else verdict(value <= target)
+    )
+    return f"  {name:<46} = {ratio_text(value)}   target <= {target:g}   {judged}"
 
 
 def rss_line(subject: Subject, name: str) -> str:
@@ -300,13 +313,13 @@ def report(subjects: List[Subject], counts: List[int], busy_share: float, option
     return lines + [
         "",
         "ratios against the targets",
-        ratio_line("agent CPU/cycle / node_exporter CPU/scrape", agent / node, TARGET_VS_NODE_EXPORTER),
-        ratio_line("agent CPU/cycle / naive CPU/cycle", agent / naive, TARGET_VS_NAIVE),
+        ratio_line("agent CPU/cycle / node_exporter CPU/scrape", ratio(agent, node), TARGET_VS_NODE_EXPORTER),
+        ratio_line("agent CPU/cycle / naive CPU/cycle", ratio(agent, naive), TARGET_VS_NAIVE),
         rss_line(subjects[0], "agent"),
-        ratio_line("agent TLS CPU/cycle / node_exporter CPU/scrape", tls / node, TARGET_VS_NODE_EXPORTER),
-        f"  {'agent TLS CPU/cycle / agent CPU/cycle':<46} = {tls / agent:5.2f}",
+        ratio_line("agent TLS CPU/cycle / node_exporter CPU/scrape", ratio(tls, node), TARGET_VS_NODE_EXPORTER),
+        f"  {'agent TLS CPU/cycle / agent CPU/cycle':<46} = {ratio_text(ratio(tls, agent))}",
         rss_line(subjects[1], "agent TLS"),
-        ratio_line("agent RW CPU/cycle / agent CPU/cycle", rw / agent, TARGET_RW_VS_AGENT),
+        ratio_line("agent RW CPU/cycle / agent CPU/cycle", ratio(rw, agent), TARGET_RW_VS_AGENT),
         rss_line(subjects[2], "agent RW"),
     ]
 

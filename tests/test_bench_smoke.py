@@ -29,7 +29,8 @@ def test_quick_run_reports_five_subjects_and_every_target() -> None:
     marker = f"AGENT_COST_SMOKE={uuid.uuid4().hex}"
     name, value = marker.split("=")
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--cycles", "3"],
+        # Cycles enough for each subject to use a few clock ticks of CPU (/proc's 10 ms resolution).
+        [sys.executable, str(BENCH), "--quick", "--cycles", "10"],
         capture_output=True,
         text=True,
         timeout=240,
